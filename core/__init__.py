@@ -1,0 +1,89 @@
+"""meetstream-live: receive MeetStream's live meeting video over WebSocket.
+
+This package is the sans-IO core: no sockets, threads, event loops, clocks, files or
+randomness. Bytes and the current time go in; events and bytes to send come out. The I/O
+lives in :mod:`meetstream_live.adapters`.
+
+* :class:`ServerConnection` — the receiver's side of one TCP connection (HTTP upgrade with h11,
+  WebSocket with wsproto, then the MeetStream :class:`Session`).
+* :class:`Session` — the message layer alone (for stacks that do their own WebSocket framing).
+* :class:`BotConnection` — the MeetStream bot's side, for simulators and tests.
+* :class:`Fmp4Scanner` — an incremental scanner of the fragmented MP4 byte stream.
+"""
+
+from __future__ import annotations
+
+from ._client import BotConnection, BotState, WebSocketURL, parse_ws_url
+from ._errors import LocalProtocolError, MeetStreamError
+from ._events import (
+    Accepted,
+    BotAccepted,
+    BotClosed,
+    BotRejected,
+    Disconnected,
+    Event,
+    HTTPRejected,
+    HTTPRequest,
+    LatencyPing,
+    MediaChunk,
+    PongReceived,
+    ProtocolWarning,
+    StreamEnded,
+    StreamStarted,
+    WarningKind,
+)
+from ._fmp4 import (
+    BoxSeen,
+    FragmentComplete,
+    Fmp4Event,
+    Fmp4Scanner,
+    InitSegment,
+    Malformed,
+    TrackInfo,
+    TrackRun,
+)
+from ._server import ConnectionState, ServerConfig, ServerConnection
+from ._session import TRANSITIONS, CloseRequest, Session, SessionInput, SessionState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TRANSITIONS",
+    "Accepted",
+    "BotAccepted",
+    "BotClosed",
+    "BotConnection",
+    "BotRejected",
+    "BotState",
+    "BoxSeen",
+    "CloseRequest",
+    "ConnectionState",
+    "Disconnected",
+    "Event",
+    "Fmp4Event",
+    "Fmp4Scanner",
+    "FragmentComplete",
+    "HTTPRejected",
+    "HTTPRequest",
+    "InitSegment",
+    "LatencyPing",
+    "LocalProtocolError",
+    "Malformed",
+    "MediaChunk",
+    "MeetStreamError",
+    "PongReceived",
+    "ProtocolWarning",
+    "ServerConfig",
+    "ServerConnection",
+    "Session",
+    "SessionInput",
+    "SessionState",
+    "StreamEnded",
+    "StreamStarted",
+    "TrackInfo",
+    "TrackRun",
+    "WarningKind",
+    "WebSocketURL",
+    "__version__",
+    "parse_ws_url",
+]

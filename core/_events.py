@@ -1,0 +1,210 @@
+"""Events: what the core tells its caller.
+
+Every event is a small frozen dataclass deriving from :class:`Event`. The server side and the bot
+side share the base class; each names its own events below. Events carry plain data only: the
+bytes to send in reply are already queued on the connection when an event comes out (see
+``data_to_send()``), so an event never needs a reply from the caller except
+:class:`HTTPRequest`, which the caller answers with ``ServerConnection.send_response``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Accepted",
+    "BotAccepted",
+    "BotClosed",
+    "BotRejected",
+    "Disconnected",
+    "Event",
+    "HTTPRejected",
+    "HTTPRequest",
+    "LatencyPing",
+    "MediaChunk",
+    "PongReceived",
+    "ProtocolWarning",
+    "StreamEnded",
+    "StreamStarted",
+    "WarningKind",
+]
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
+class Event:
+    """Base class of every event the core emits."""
+
+    __slots__ = ()
+
+
+# ---------------------------------------------------------------- HTTP phase (server side)
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPRequest(Event):
+    """A plain HTTP request on one of ``ServerConfig.http_paths`` (``/healthz``, ``/metrics``...).
+
+    The caller must answer it with ``ServerConnection.send_response``; the connection is closed
+    after the response (no keep-alive: these are probes, not traffic).
+    """
+
+    method: str
+    target: str
+    path: str
+    query: str
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPRejected(Event):
+    """The core refused the request and queued the HTTP response (400, 401, 404, 405, 408, 426,
+    431 or 503). Send ``data_to_send()`` and close the socket."""
+
+    status: int
+    reason: str
+    path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted(Event):
+    """The WebSocket handshake succeeded; the ``101`` response is queued."""
+
+    path: str
+    query: str
+    headers: Headers
+
+
+# ---------------------------------------------------------------- MeetStream session (server side)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStarted(Event):
+    """``video_stream_start``: a stream begins. Typed fields are ``None`` when absent or of the
+    wrong type (a :class:`ProtocolWarning` says which); ``raw`` keeps the whole message,
+    unknown fields included."""
+
+    bot_id: str | None
+    codec: str | None = None
+    audio_codec: str | None = None
+    container: str | None = None
+    width: int | None = None
+    height: int | None = None
+    framerate: float | None = None
+    audio_sample_rate: int | None = None
+    audio_bitrate: str | None = None
+    speaker_id: str | None = None
+    speaker_name: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MediaChunk(Event):
+    """Bytes of the fMP4 stream, in wire order, as they arrive (not aligned to messages).
+
+    ``offset`` is the position of ``data[0]`` in the current stream: chunks of one stream are
+    contiguous from 0. Chunks that come out before any :class:`StreamStarted` (bytes received on
+    a connection that never sent ``video_stream_start``) are delivered just before
+    :class:`Disconnected`, so that nothing received is lost.
+    """
+
+    data: bytes
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyPing(Event):
+    """``video_latency_ping``. The matching ``video_latency_pong`` is already queued."""
+
+    seq: int | None
+    sent_at_ms: int | float | None
+    received_at_ms: int
+    bot_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded(Event):
+    """``video_stream_end``: the bot ended the stream cleanly."""
+
+    duration_seconds: float | None
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+class WarningKind(str, enum.Enum):
+    """Why a :class:`ProtocolWarning` was emitted. The stream goes on in every case."""
+
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    UNKNOWN_TYPE = "unknown_type"
+    MISSING_FIELD = "missing_field"
+    BAD_FIELD = "bad_field"
+    UNEXPECTED_MESSAGE = "unexpected_message"
+    BINARY_OUTSIDE_STREAM = "binary_outside_stream"
+    UNEXPECTED_PONG = "unexpected_pong"
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolWarning(Event):
+    """Tolerable bad input: logged and counted, never fatal."""
+
+    kind: WarningKind
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected(Event):
+    """The WebSocket connection is over; always the last event of an accepted connection.
+
+    ``code`` is the close code (1006 when the transport ended without a close frame). ``clean``
+    is true when no stream was left open: every started stream ended with
+    ``video_stream_end`` and no bytes were left without a stream.
+    """
+
+    code: int
+    reason: str
+    clean: bool
+
+
+# ---------------------------------------------------------------- bot (client) side
+
+
+@dataclass(frozen=True, slots=True)
+class BotAccepted(Event):
+    """The receiver accepted the WebSocket handshake."""
+
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True)
+class BotRejected(Event):
+    """The receiver answered the handshake with an HTTP status other than 101."""
+
+    status: int
+    headers: Headers
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PongReceived(Event):
+    """A ``video_latency_pong``. ``matched`` is true when it answers a ping this connection sent
+    (same ``seq`` and ``sent_at_ms``) that had not been answered yet; ``round_trip_ms`` is
+    ``now_ms - sent_at_ms`` when ``sent_at_ms`` is a number."""
+
+    seq: Any
+    sent_at_ms: Any
+    server_received_at_ms: Any
+    bot_id: Any
+    round_trip_ms: float | None
+    matched: bool
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BotClosed(Event):
+    """The bot's WebSocket connection is over (1006 when it ended without a close frame)."""
+
+    code: int
+    reason: str

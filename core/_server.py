@@ -1,0 +1,343 @@
+"""The server side: one TCP connection from a MeetStream bot (or a probe), bytes in, bytes out.
+
+Three machines in a row, each handing its leftover bytes to the next: h11 parses the HTTP
+request; wsproto takes over on a WebSocket upgrade; :class:`~meetstream_live.Session` reads the
+messages. :class:`ServerConnection` owns the glue, the HTTP answers and the deadlines.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import http
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+from wsproto import ConnectionType
+from wsproto.connection import Connection as WSConnection
+from wsproto.connection import ConnectionState as WSState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    TextMessage,
+)
+from wsproto.events import Request as WSRequest
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import RemoteProtocolError as WSRemoteProtocolError
+
+from ._errors import LocalProtocolError
+from ._events import Accepted, Event, Headers, HTTPRejected, HTTPRequest
+from ._session import DEFAULT_MAX_EARLY_BYTES, DEFAULT_MAX_TEXT_SIZE, Session, SessionState
+
+__all__ = ["ConnectionState", "ServerConfig", "ServerConnection"]
+
+GOING_AWAY = 1001
+ABNORMAL_CLOSURE = 1006
+
+
+class ConnectionState(enum.Enum):
+    """Where a connection is. ``CLOSED`` means: send ``data_to_send()``, then close the socket."""
+
+    HANDSHAKE = "handshake"
+    HTTP_RESPONSE = "http_response"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything a server connection may be told. Limits are in bytes, times in milliseconds."""
+
+    #: The WebSocket path (``"/"``, ``"/video"``...). ``None`` accepts the upgrade on any path.
+    path: str | None = None
+    #: When set, upgrades need ``?token=...`` or ``Authorization: Bearer ...`` with this value.
+    token: str | None = None
+    #: Paths served as plain HTTP: each request on them comes out as an :class:`HTTPRequest`.
+    http_paths: frozenset[str] = field(default_factory=frozenset)
+    #: Largest HTTP request head; larger ones get 431.
+    max_request_head: int = 16 * 1024
+    #: Binary data held while waiting for ``video_stream_start``; over it, close 1009.
+    max_early_bytes: int = DEFAULT_MAX_EARLY_BYTES
+    #: Largest text message; over it, close 1009.
+    max_text_size: int = DEFAULT_MAX_TEXT_SIZE
+    #: Time allowed from connect to a complete request head; then 408 and close.
+    handshake_timeout_ms: int = 10_000
+    #: Time without any byte from the bot before closing with 1001; ``None`` for never.
+    idle_timeout_ms: int | None = 300_000
+    #: Time allowed for the bot to answer our close frame.
+    close_timeout_ms: int = 10_000
+
+
+def _response(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    phrase = http.HTTPStatus(status).phrase if status in http.HTTPStatus._value2member_map_ else ""
+    head = [f"HTTP/1.1 {status} {phrase}".encode("ascii")]
+    head += [name + b": " + value for name, value in headers]
+    head += [b"Content-Length: " + str(len(body)).encode("ascii"), b"Connection: close"]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+class ServerConnection:
+    """The receiver's side of one TCP connection.
+
+    Drive it like this (the whole contract):
+
+    1. ``events = conn.receive_data(data, now_ms)`` for every read; ``b""`` means EOF.
+    2. After **every** call that can send (``receive_data``, ``handle_timeout``, ``close``,
+       ``send_response``), write ``conn.data_to_send()`` to the socket, before handling the
+       events: pongs must not wait behind slow work.
+    3. Call ``handle_timeout(now_ms)`` when ``next_deadline()`` (a ``now_ms`` value) has passed.
+    4. When ``conn.state`` is ``CLOSED``, write what is left and close the socket.
+
+    ``now_ms`` is the Unix time in milliseconds: it stamps ``server_received_at_ms`` and drives
+    the deadlines. Remote misbehaviour never raises: it comes out as events.
+    """
+
+    def __init__(
+        self, config: ServerConfig | None = None, *, now_ms: int, overloaded: bool = False
+    ) -> None:
+        self.config = config or ServerConfig()
+        #: When true, upgrades are answered 503 (the server is at its connection limit);
+        #: plain HTTP paths are still served.
+        self.overloaded = overloaded
+        self.state = ConnectionState.HANDSHAKE
+        self.session = Session(
+            max_early_bytes=self.config.max_early_bytes, max_text_size=self.config.max_text_size
+        )
+        self._h11 = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self.config.max_request_head
+        )
+        self._ws: WSConnection | None = None
+        self._out = bytearray()
+        self._started_ms = now_ms
+        self._last_activity_ms = now_ms
+        self._closing_since_ms = now_ms
+        self._discard_input = False
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def session_state(self) -> SessionState:
+        return self.session.state
+
+    def data_to_send(self) -> bytes:
+        """Bytes to write to the socket, in order; clears the buffer."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def receive_data(self, data: bytes, now_ms: int) -> list[Event]:
+        """Feed bytes read from the socket (``b""`` for EOF) and return the events they make."""
+        self._last_activity_ms = now_ms
+        if self.state is ConnectionState.HANDSHAKE:
+            return self._receive_http(data, now_ms)
+        if self.state in (ConnectionState.OPEN, ConnectionState.CLOSING):
+            return self._receive_ws(data, now_ms)
+        # HTTP_RESPONSE: the request is read, the rest is of no interest; CLOSED: ignored.
+        return []
+
+    def send_response(
+        self,
+        status: int,
+        body: bytes = b"",
+        *,
+        content_type: str = "text/plain; charset=utf-8",
+        headers: Headers = (),
+    ) -> None:
+        """Answer the pending :class:`HTTPRequest`; the connection is then ``CLOSED``."""
+        if self.state is not ConnectionState.HTTP_RESPONSE:
+            raise LocalProtocolError(f"no HTTP request to answer in state {self.state.name}")
+        all_headers = [(b"Content-Type", content_type.encode("latin-1")), *headers]
+        self._out += _response(status, all_headers, body)
+        self.state = ConnectionState.CLOSED
+
+    def close(self, code: int = 1000, reason: str = "", *, now_ms: int) -> list[Event]:
+        """Close from our side (1001 on shutdown). Before the upgrade the socket just closes.
+
+        Media that arrives until the bot answers our close frame is still delivered.
+        """
+        if self.state is ConnectionState.OPEN:
+            self._start_close(code, reason, now_ms)
+        elif self.state in (ConnectionState.HANDSHAKE, ConnectionState.HTTP_RESPONSE):
+            self.state = ConnectionState.CLOSED
+        return []
+
+    def next_deadline(self) -> int | None:
+        """When ``handle_timeout`` must be called next (a ``now_ms`` value), or ``None``."""
+        if self.state is ConnectionState.HANDSHAKE:
+            return self._started_ms + self.config.handshake_timeout_ms
+        if self.state is ConnectionState.OPEN and self.config.idle_timeout_ms is not None:
+            return self._last_activity_ms + self.config.idle_timeout_ms
+        if self.state is ConnectionState.CLOSING:
+            return self._closing_since_ms + self.config.close_timeout_ms
+        return None
+
+    def handle_timeout(self, now_ms: int) -> list[Event]:
+        """Act on an expired deadline (a no-op when none has expired)."""
+        deadline = self.next_deadline()
+        if deadline is None or now_ms < deadline:
+            return []
+        if self.state is ConnectionState.HANDSHAKE:
+            return self._reject(408, "no complete request before the handshake timeout")
+        if self.state is ConnectionState.OPEN:
+            self._start_close(GOING_AWAY, "idle timeout", now_ms)
+            return []
+        # CLOSING: the bot never answered our close frame.
+        self.state = ConnectionState.CLOSED
+        return self.session.connection_lost(ABNORMAL_CLOSURE, "close handshake timed out")
+
+    # ------------------------------------------------------------------ HTTP phase
+
+    def _reject(
+        self,
+        status: int,
+        reason: str,
+        path: str | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> list[Event]:
+        self._out += _response(status, headers or [], (reason + "\n").encode("utf-8"))
+        self.state = ConnectionState.CLOSED
+        return [HTTPRejected(status, reason, path)]
+
+    def _receive_http(self, data: bytes, now_ms: int) -> list[Event]:
+        try:
+            self._h11.receive_data(data)
+            event = self._h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            return self._reject(exc.error_status_hint, f"bad HTTP request: {exc}")
+        if event is h11.NEED_DATA:
+            return []
+        if not isinstance(event, h11.Request):  # ConnectionClosed: EOF before a request
+            self.state = ConnectionState.CLOSED
+            return []
+        return self._route(event, now_ms)
+
+    def _route(self, request: h11.Request, now_ms: int) -> list[Event]:
+        target = request.target.decode("ascii", "replace")
+        parts = urlsplit(target)
+        path = parts.path or "/"
+        headers: Headers = tuple((bytes(k), bytes(v)) for k, v in request.headers)
+        upgrade = any(
+            name == b"upgrade" and b"websocket" in value.lower() for name, value in headers
+        )
+        method = request.method.decode("ascii", "replace")
+        config = self.config
+        if not upgrade and path in config.http_paths:
+            self.state = ConnectionState.HTTP_RESPONSE
+            return [HTTPRequest(method, target, path, parts.query, headers)]
+        if config.path is not None and path != config.path:
+            return self._reject(404, f"no WebSocket endpoint at {path}", path)
+        if method != "GET":
+            return self._reject(405, f"method {method} not allowed", path, [(b"Allow", b"GET")])
+        if not upgrade:
+            return self._reject(
+                426,
+                "this is a WebSocket endpoint: send Upgrade: websocket",
+                path,
+                [(b"Upgrade", b"websocket")],
+            )
+        if config.token is not None and not self._authorized(parts.query, headers):
+            return self._reject(
+                401, "missing or wrong token", path, [(b"WWW-Authenticate", b"Bearer")]
+            )
+        if self.overloaded:
+            return self._reject(
+                503, "too many connections, try again later", path, [(b"Retry-After", b"5")]
+            )
+        return self._upgrade(request, path, parts.query, headers, now_ms)
+
+    def _authorized(self, query: str, headers: Headers) -> bool:
+        assert self.config.token is not None
+        expected = self.config.token.encode("utf-8")
+        offered: list[bytes] = [v.encode("utf-8") for v in parse_qs(query).get("token", [])]
+        for name, value in headers:
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                offered.append(value[7:].strip())
+        # Compare every candidate, in constant time each, so timing tells nothing.
+        results = [hmac.compare_digest(candidate, expected) for candidate in offered]
+        return any(results)
+
+    def _upgrade(
+        self, request: h11.Request, path: str, query: str, headers: Headers, now_ms: int
+    ) -> list[Event]:
+        handshake = H11Handshake(ConnectionType.SERVER)
+        try:
+            handshake.initiate_upgrade_connection(list(request.headers), request.target)
+            ws_request = next(handshake.events())
+        except WSRemoteProtocolError as exc:
+            hint = exc.event_hint
+            status = hint.status_code if isinstance(hint, RejectConnection) else 400
+            hint_headers = list(hint.headers) if isinstance(hint, RejectConnection) else []
+            return self._reject(status, f"bad WebSocket handshake: {exc}", path, hint_headers)
+        assert isinstance(ws_request, WSRequest)
+        self._out += handshake.send(AcceptConnection())
+        ws = handshake.connection
+        assert ws is not None
+        self._ws = ws
+        self.state = ConnectionState.OPEN
+        events: list[Event] = [Accepted(path, query, headers)]
+        trailing, _closed = self._h11.trailing_data
+        if trailing:
+            events += self._receive_ws(bytes(trailing), now_ms)
+        return events
+
+    # ------------------------------------------------------------------ WebSocket phase
+
+    def _receive_ws(self, data: bytes, now_ms: int) -> list[Event]:
+        ws = self._ws
+        assert ws is not None
+        ws.receive_data(data if data else None)
+        session = self.session
+        events: list[Event] = []
+        for ev in ws.events():
+            if isinstance(ev, BytesMessage):
+                if not self._discard_input:
+                    events += session.receive_binary(ev.data)
+            elif isinstance(ev, TextMessage):
+                if not self._discard_input:
+                    events += session.receive_text(ev.data, now_ms, finished=ev.message_finished)
+                    self._send_replies(ws)
+            elif isinstance(ev, Ping):
+                if ws.state is WSState.OPEN:
+                    self._out += ws.send(ev.response())
+            elif isinstance(ev, CloseConnection):
+                events += self._on_close(ws, ev)
+                break
+            # Pong frames need nothing.
+            request = session.close_request
+            if request is not None and self.state is ConnectionState.OPEN:
+                self._discard_input = True
+                self._start_close(request.code, request.reason, now_ms)
+        return events
+
+    def _send_replies(self, ws: WSConnection) -> None:
+        for text in self.session.messages_to_send():
+            if ws.state is WSState.OPEN:
+                self._out += ws.send(TextMessage(data=text))
+
+    def _on_close(self, ws: WSConnection, ev: CloseConnection) -> list[Event]:
+        code, reason = ev.code, ev.reason or ""
+        if ws.state is WSState.REMOTE_CLOSING:
+            # The bot closed: answer with the same code, and we are done.
+            self._out += ws.send(ev.response())
+        elif ws.state is not WSState.CLOSED:
+            # wsproto found a protocol error (bad frame, bad UTF-8...): send the close frame
+            # with its code and drop the connection without waiting for an answer.
+            if ws.state is WSState.OPEN:
+                self._out += ws.send(CloseConnection(code=code, reason=reason[:100]))
+        # Otherwise wsproto is CLOSED: the bot answered our close frame, or the transport
+        # ended (code 1006).
+        self.state = ConnectionState.CLOSED
+        return self.session.connection_lost(int(code), reason)
+
+    def _start_close(self, code: int, reason: str, now_ms: int) -> None:
+        ws = self._ws
+        assert ws is not None
+        self._out += ws.send(CloseConnection(code=code, reason=reason))
+        self._closing_since_ms = now_ms
+        self.state = ConnectionState.CLOSING
+
