@@ -42,7 +42,14 @@ from ._fmp4 import (
     TrackInfo,
     TrackRun,
 )
-from ._server import ConnectionState, ServerConfig, ServerConnection
+from ._server import (
+    ConnectionState,
+    Reject,
+    Route,
+    ServerConfig,
+    ServerConnection,
+    route_request,
+)
 from ._session import TRANSITIONS, CloseRequest, Session, SessionInput, SessionState
 
 __version__ = "0.1.0"
@@ -72,6 +79,8 @@ __all__ = [
     "MediaChunk",
     "MeetStreamError",
     "PongReceived",
+    "Reject",
+    "Route",
     "ProtocolWarning",
     "ServerConfig",
     "ServerConnection",
@@ -86,4 +95,5 @@ __all__ = [
     "WebSocketURL",
     "__version__",
     "parse_ws_url",
+    "route_request",
 ]

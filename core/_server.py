@@ -33,7 +33,7 @@ from ._errors import LocalProtocolError
 from ._events import Accepted, Event, Headers, HTTPRejected, HTTPRequest
 from ._session import DEFAULT_MAX_EARLY_BYTES, DEFAULT_MAX_TEXT_SIZE, Session, SessionState
 
-__all__ = ["ConnectionState", "ServerConfig", "ServerConnection"]
+__all__ = ["ConnectionState", "Reject", "Route", "ServerConfig", "ServerConnection", "route_request"]
 
 GOING_AWAY = 1001
 ABNORMAL_CLOSURE = 1006
@@ -71,6 +71,75 @@ class ServerConfig:
     idle_timeout_ms: int | None = 300_000
     #: Time allowed for the bot to answer our close frame.
     close_timeout_ms: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a request goes: to the WebSocket session, or (``http=True``) to the caller."""
+
+    path: str
+    query: str
+    http: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """The request is refused with this HTTP status."""
+
+    status: int
+    reason: str
+    path: str | None = None
+    headers: Headers = ()
+
+
+def _authorized(token: str, query: str, headers: Headers) -> bool:
+    expected = token.encode("utf-8")
+    offered: list[bytes] = [v.encode("utf-8") for v in parse_qs(query).get("token", [])]
+    for name, value in headers:
+        if name.lower() == b"authorization" and value[:7].lower() == b"bearer ":
+            offered.append(value[7:].strip())
+    # Compare every candidate, each in constant time, so timing tells nothing.
+    results = [hmac.compare_digest(candidate, expected) for candidate in offered]
+    return any(results)
+
+
+def route_request(
+    config: ServerConfig,
+    method: str,
+    target: str,
+    headers: Headers,
+    *,
+    overloaded: bool = False,
+) -> Route | Reject:
+    """Decide what an HTTP request gets, before any WebSocket handshake validation.
+
+    Shared by :class:`ServerConnection` and by stacks that parse HTTP themselves (ASGI), so that
+    every transport answers 401, 404, 405, 426 and 503 the same way. Header names must be
+    lower-case, as h11 and ASGI give them.
+    """
+    parts = urlsplit(target)
+    path = parts.path or "/"
+    upgrade = any(name == b"upgrade" and b"websocket" in value.lower() for name, value in headers)
+    if not upgrade and path in config.http_paths:
+        return Route(path, parts.query, http=True)
+    if config.path is not None and path != config.path:
+        return Reject(404, f"no WebSocket endpoint at {path}", path)
+    if method != "GET":
+        return Reject(405, f"method {method} not allowed", path, ((b"Allow", b"GET"),))
+    if not upgrade:
+        return Reject(
+            426,
+            "this is a WebSocket endpoint: send Upgrade: websocket",
+            path,
+            ((b"Upgrade", b"websocket"),),
+        )
+    if config.token is not None and not _authorized(config.token, parts.query, headers):
+        return Reject(401, "missing or wrong token", path, ((b"WWW-Authenticate", b"Bearer"),))
+    if overloaded:
+        return Reject(
+            503, "too many connections, try again later", path, ((b"Retry-After", b"5"),)
+        )
+    return Route(path, parts.query)
 
 
 def _response(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
@@ -218,48 +287,15 @@ class ServerConnection:
 
     def _route(self, request: h11.Request, now_ms: int) -> list[Event]:
         target = request.target.decode("ascii", "replace")
-        parts = urlsplit(target)
-        path = parts.path or "/"
         headers: Headers = tuple((bytes(k), bytes(v)) for k, v in request.headers)
-        upgrade = any(
-            name == b"upgrade" and b"websocket" in value.lower() for name, value in headers
-        )
         method = request.method.decode("ascii", "replace")
-        config = self.config
-        if not upgrade and path in config.http_paths:
+        route = route_request(self.config, method, target, headers, overloaded=self.overloaded)
+        if isinstance(route, Reject):
+            return self._reject(route.status, route.reason, route.path, list(route.headers))
+        if route.http:
             self.state = ConnectionState.HTTP_RESPONSE
-            return [HTTPRequest(method, target, path, parts.query, headers)]
-        if config.path is not None and path != config.path:
-            return self._reject(404, f"no WebSocket endpoint at {path}", path)
-        if method != "GET":
-            return self._reject(405, f"method {method} not allowed", path, [(b"Allow", b"GET")])
-        if not upgrade:
-            return self._reject(
-                426,
-                "this is a WebSocket endpoint: send Upgrade: websocket",
-                path,
-                [(b"Upgrade", b"websocket")],
-            )
-        if config.token is not None and not self._authorized(parts.query, headers):
-            return self._reject(
-                401, "missing or wrong token", path, [(b"WWW-Authenticate", b"Bearer")]
-            )
-        if self.overloaded:
-            return self._reject(
-                503, "too many connections, try again later", path, [(b"Retry-After", b"5")]
-            )
-        return self._upgrade(request, path, parts.query, headers, now_ms)
-
-    def _authorized(self, query: str, headers: Headers) -> bool:
-        assert self.config.token is not None
-        expected = self.config.token.encode("utf-8")
-        offered: list[bytes] = [v.encode("utf-8") for v in parse_qs(query).get("token", [])]
-        for name, value in headers:
-            if name == b"authorization" and value[:7].lower() == b"bearer ":
-                offered.append(value[7:].strip())
-        # Compare every candidate, in constant time each, so timing tells nothing.
-        results = [hmac.compare_digest(candidate, expected) for candidate in offered]
-        return any(results)
+            return [HTTPRequest(method, target, route.path, route.query, headers)]
+        return self._upgrade(request, route.path, route.query, headers, now_ms)
 
     def _upgrade(
         self, request: h11.Request, path: str, query: str, headers: Headers, now_ms: int

@@ -1,0 +1,32 @@
+"""Drivers of the sans-IO core over real I/O, one module per stack.
+
+* :mod:`meetstream_live.adapters.asyncio` — asyncio streams (server and bot client)
+* :mod:`meetstream_live.adapters.sync` — blocking sockets, a thread per connection
+* :mod:`meetstream_live.adapters.trio` — trio (``pip install meetstream-live[trio]``)
+* :mod:`meetstream_live.adapters.asgi` — an ASGI application (uvicorn, hypercorn, Starlette...)
+
+All of them take the same :class:`Handler` (what happens to a stream) and
+:class:`ServerOptions`. Nothing here imports more than the stack it drives.
+"""
+
+from __future__ import annotations
+
+from ._common import (
+    ConnectionInfo,
+    Handler,
+    HandlerFactory,
+    HandshakeFailed,
+    HTTPAnswer,
+    HTTPHandler,
+    ServerOptions,
+)
+
+__all__ = [
+    "ConnectionInfo",
+    "HTTPAnswer",
+    "HTTPHandler",
+    "Handler",
+    "HandlerFactory",
+    "HandshakeFailed",
+    "ServerOptions",
+]

@@ -1,0 +1,285 @@
+"""What every adapter shares: the handler concept, the clock, options, and the one step that
+moves a read (or a timeout) through the core and sorts what comes out.
+
+An adapter is a loop: read -> :meth:`ConnectionDriver.receive` -> write ``step.out`` -> hand
+``step.events`` to the handler (off the event loop, in order) -> stop when ``step.closed``.
+Everything protocol-shaped happens in the core or here, once, for all adapters.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from meetstream_live import (
+    Accepted,
+    BotAccepted,
+    BotClosed,
+    BotRejected,
+    ConnectionState,
+    Disconnected,
+    Event,
+    HTTPRejected,
+    HTTPRequest,
+    LatencyPing,
+    MediaChunk,
+    ProtocolWarning,
+    ServerConfig,
+    ServerConnection,
+    StreamEnded,
+    StreamStarted,
+)
+
+__all__ = [
+    "ConnectionDriver",
+    "ConnectionInfo",
+    "HTTPAnswer",
+    "Handler",
+    "HandlerFactory",
+    "HTTPHandler",
+    "HandshakeFailed",
+    "ServerOptions",
+    "Step",
+    "handshake_outcome",
+    "media_size",
+    "now_ms",
+]
+
+log = logging.getLogger("meetstream_live")
+
+INTERNAL_ERROR = 1011
+GOING_AWAY = 1001
+
+
+def now_ms() -> int:
+    """The clock every adapter passes to the core: Unix time in milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """Who connected, and to what. Given to the handler factory on each accepted upgrade."""
+
+    peer: str
+    path: str
+    query: str
+    headers: tuple[tuple[bytes, bytes], ...]
+    secure: bool
+
+
+class Handler:
+    """What happens to the streams of one connection. Subclass it and override what you need.
+
+    One handler object per accepted connection, made by the server's handler factory. Its
+    methods are called one at a time, in wire order. They may block (write files, call
+    services): the asyncio and trio adapters call them in a worker thread, never on the event
+    loop, and stop reading the bot's socket while too much is waiting for them (backpressure).
+    A method that raises closes that connection with 1011; :meth:`on_disconnect` is still
+    called, so the handler can finish what it has.
+    """
+
+    def on_start(self, event: StreamStarted) -> None:
+        """``video_stream_start``: a stream begins (there may be several per connection)."""
+
+    def on_chunk(self, event: MediaChunk) -> None:
+        """Media bytes in order; ``event.offset`` counts from 0 in each stream."""
+
+    def on_ping(self, event: LatencyPing) -> None:
+        """A latency ping; its pong has already been sent."""
+
+    def on_end(self, event: StreamEnded) -> None:
+        """``video_stream_end``: the stream ended cleanly."""
+
+    def on_warning(self, event: ProtocolWarning) -> None:
+        """Tolerable bad input: the stream goes on."""
+
+    def on_disconnect(self, event: Disconnected) -> None:
+        """The connection is over (always the last call)."""
+
+    def dispatch(self, events: Iterable[Event]) -> None:
+        """Call the method for each event, in order."""
+        for event in events:
+            if isinstance(event, MediaChunk):
+                self.on_chunk(event)
+            elif isinstance(event, LatencyPing):
+                self.on_ping(event)
+            elif isinstance(event, StreamStarted):
+                self.on_start(event)
+            elif isinstance(event, StreamEnded):
+                self.on_end(event)
+            elif isinstance(event, ProtocolWarning):
+                self.on_warning(event)
+            elif isinstance(event, Disconnected):
+                self.on_disconnect(event)
+
+
+HandlerFactory = Callable[[ConnectionInfo], Handler]
+
+
+class HTTPAnswer(NamedTuple):
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+
+
+#: Answers plain HTTP requests on ``ServerConfig.http_paths`` (``/healthz``, ``/metrics``).
+HTTPHandler = Callable[[HTTPRequest], HTTPAnswer]
+
+
+@dataclass
+class ServerOptions:
+    """Options common to every server adapter. Times in seconds, sizes in bytes."""
+
+    config: ServerConfig = field(default_factory=ServerConfig)
+    #: Over this many open connections, new upgrades get HTTP 503.
+    max_connections: int = 2000
+    #: A server-side TLS context serves ``wss://``.
+    ssl: ssl.SSLContext | None = None
+    #: On shutdown, how long active streams may run on before they are closed with 1001.
+    drain_timeout: float = 30.0
+    #: Media waiting for a handler, per connection, above which the socket is not read.
+    max_pending_bytes: int = 4 * 1024 * 1024
+    #: Bytes asked of the socket per read.
+    read_size: int = 256 * 1024
+    #: Answers ``http_paths`` requests; without it they get 404.
+    http_handler: HTTPHandler | None = None
+    #: Called with every event of every connection, on the loop (metrics, logs): keep it cheap.
+    observer: Callable[[Event], None] | None = None
+
+
+class Step(NamedTuple):
+    """What one read or timeout produced: bytes to write first, then events for the handler."""
+
+    out: bytes
+    events: list[Event]
+    closed: bool
+
+
+class ConnectionDriver:
+    """One server connection between a transport and a handler; no I/O of its own.
+
+    It owns the :class:`~meetstream_live.ServerConnection`, answers plain HTTP requests through
+    ``options.http_handler``, makes the handler when the upgrade is accepted, and filters the
+    events the handler gets. Adapters call :meth:`receive`, :meth:`timeout` and :meth:`close`,
+    write ``step.out`` first, then pass ``step.events`` to :attr:`handler`.
+    """
+
+    def __init__(
+        self,
+        options: ServerOptions,
+        factory: HandlerFactory,
+        *,
+        peer: str,
+        overloaded: bool = False,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.options = options
+        self.factory = factory
+        self.peer = peer
+        self.clock = clock
+        self.conn = ServerConnection(options.config, now_ms=clock(), overloaded=overloaded)
+        self.handler: Handler | None = None
+        self.handler_failed = False
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.state is ConnectionState.CLOSED
+
+    @property
+    def accepted(self) -> bool:
+        return self.handler is not None
+
+    def receive(self, data: bytes) -> Step:
+        """A read from the socket (``b""`` for EOF or a broken connection)."""
+        return self._step(self.conn.receive_data(data, self.clock()))
+
+    def timeout(self) -> Step:
+        """Call when :meth:`seconds_to_deadline` has run out."""
+        return self._step(self.conn.handle_timeout(self.clock()))
+
+    def close(self, code: int = GOING_AWAY, reason: str = "server shutting down") -> Step:
+        return self._step(self.conn.close(code, reason, now_ms=self.clock()))
+
+    def handler_error(self, exc: BaseException) -> Step:
+        """The handler raised: close this connection with 1011 (others are not affected)."""
+        log.error("handler failed for %s: %r", self.peer, exc, exc_info=exc)
+        self.handler_failed = True
+        return self.close(INTERNAL_ERROR, "handler error")
+
+    def seconds_to_deadline(self) -> float | None:
+        deadline = self.conn.next_deadline()
+        if deadline is None:
+            return None
+        return max(0.0, (deadline - self.clock()) / 1000)
+
+    def _step(self, events: list[Event]) -> Step:
+        observer = self.options.observer
+        for_handler: list[Event] = []
+        for event in events:
+            if observer is not None:
+                observer(event)
+            if isinstance(event, HTTPRequest):
+                self._answer(event)
+            elif isinstance(event, Accepted):
+                self._accept(event)
+            elif isinstance(event, HTTPRejected):
+                log.info("%s: HTTP %d: %s", self.peer, event.status, event.reason)
+            else:
+                for_handler.append(event)
+        if self.handler is None:
+            for_handler = []
+        elif self.handler_failed:
+            for_handler = [e for e in for_handler if isinstance(e, Disconnected)]
+        conn = self.conn
+        return Step(conn.data_to_send(), for_handler, conn.state is ConnectionState.CLOSED)
+
+    def _answer(self, request: HTTPRequest) -> None:
+        http = self.options.http_handler
+        answer = http(request) if http is not None else HTTPAnswer(404, b"not found\n")
+        self.conn.send_response(answer.status, answer.body, content_type=answer.content_type)
+
+    def _accept(self, event: Accepted) -> None:
+        info = ConnectionInfo(
+            self.peer, event.path, event.query, event.headers, self.options.ssl is not None
+        )
+        try:
+            self.handler = self.factory(info)
+        except Exception as exc:
+            log.error("handler factory failed for %s: %r", self.peer, exc, exc_info=exc)
+            self.handler = Handler()  # a no-op one, so the close below completes normally
+            self.handler_failed = True
+            self.conn.close(INTERNAL_ERROR, "handler error", now_ms=self.clock())
+
+
+class HandshakeFailed(ConnectionError):
+    """The receiver did not accept the bot's WebSocket handshake."""
+
+    def __init__(self, status: int | None, reason: str, body: bytes = b"") -> None:
+        super().__init__(f"handshake failed ({status or 'no HTTP status'}): {reason}")
+        self.status = status
+        self.reason = reason
+        self.body = body
+
+
+def handshake_outcome(events: Iterable[Event]) -> bool | None:
+    """For a bot client waiting for the handshake: True once accepted, None while waiting;
+    raises :class:`HandshakeFailed` on a rejection or a close."""
+    for event in events:
+        if isinstance(event, BotAccepted):
+            return True
+        if isinstance(event, BotRejected):
+            raise HandshakeFailed(
+                event.status, event.body.decode("utf-8", "replace").strip(), event.body
+            )
+        if isinstance(event, BotClosed):
+            raise HandshakeFailed(None, event.reason or f"closed ({event.code})")
+    return None
+
+
+def media_size(events: Iterable[Event]) -> int:
+    """Bytes of media in a batch of events (what backpressure counts)."""
+    return sum(len(e.data) for e in events if isinstance(e, MediaChunk))

@@ -1,0 +1,401 @@
+"""The asyncio adapter: a receiver on ``asyncio.start_server`` streams, and a bot client.
+
+The loop only moves bytes: the core decides, the handler runs in the loop's default executor
+(one call at a time per connection, in order), and the socket is not read while more than
+``max_pending_bytes`` of media wait for the handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl as ssl_module
+import sys
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from meetstream_live import (
+    BotClosed,
+    BotConnection,
+    BotState,
+    Disconnected,
+    Event,
+    parse_ws_url,
+)
+
+from ._common import (
+    ConnectionDriver,
+    Handler,
+    HandlerFactory,
+    ServerOptions,
+    Step,
+    handshake_outcome,
+    log,
+    media_size,
+    now_ms,
+)
+
+__all__ = ["AsyncioBot", "AsyncioServer", "run", "serve"]
+
+T = TypeVar("T")
+
+
+async def _with_deadline(awaitable: Awaitable[T], seconds: float | None) -> T:
+    """Await with a timeout (``TimeoutError``), without a task per call where possible."""
+    if seconds is None:
+        return await awaitable
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)  # pragma: no cover - Python 3.10
+
+
+class _Runner:
+    """Calls one connection's handler off the loop, in order, and counts the media waiting."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.pending = 0
+        self.error: BaseException | None = None
+        self._batches: deque[list[Event]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._progress = asyncio.Event()
+
+    def submit(self, events: list[Event]) -> None:
+        self.pending += media_size(events)
+        self._batches.append(events)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._batches:
+            batch: list[Event] = []
+            while self._batches:
+                batch += self._batches.popleft()
+            if self.error is not None:
+                # After a failure the handler only hears of the disconnect.
+                batch = [e for e in batch if isinstance(e, Disconnected)]
+            try:
+                await loop.run_in_executor(None, self.handler.dispatch, batch)
+            except Exception as exc:
+                if self.error is None:
+                    self.error = exc
+            self.pending -= media_size(batch)
+            self._progress.set()
+
+    async def wait_below(self, limit: int) -> None:
+        while self.pending > limit and self.error is None:
+            self._progress.clear()
+            await self._progress.wait()
+
+    async def finish(self) -> None:
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+
+class _Connection:
+    def __init__(
+        self, driver: ConnectionDriver, writer: asyncio.StreamWriter, options: ServerOptions
+    ) -> None:
+        self.driver = driver
+        self.writer = writer
+        self.options = options
+        self.runner: _Runner | None = None
+
+    def write(self, step: Step) -> None:
+        if step.out and not self.writer.is_closing():
+            self.writer.write(step.out)
+        if step.events:
+            if self.runner is None:
+                assert self.driver.handler is not None
+                self.runner = _Runner(self.driver.handler)
+            self.runner.submit(step.events)
+
+    def shut_down(self, close_timeout: float) -> None:
+        """Close with 1001 from outside the read loop; abort if the bot never answers."""
+        if self.driver.closed:
+            return
+        self.write(self.driver.close())
+        loop = asyncio.get_running_loop()
+        loop.call_later(close_timeout, self.writer.transport.abort)
+
+
+class AsyncioServer:
+    """A receiver on asyncio streams. Use ``async with serve(...)`` or :meth:`start`."""
+
+    def __init__(self, factory: HandlerFactory, options: ServerOptions | None = None) -> None:
+        self.factory = factory
+        self.options = options or ServerOptions()
+        self._server: asyncio.Server | None = None
+        self._connections: dict[asyncio.Task[None], _Connection] = {}
+        self._accepting = True
+
+    @property
+    def sockets(self) -> list[Any]:
+        return list(self._server.sockets) if self._server is not None else []
+
+    @property
+    def port(self) -> int:
+        return int(self.sockets[0].getsockname()[1])
+
+    @property
+    def active_connections(self) -> int:
+        return len(self._connections)
+
+    async def start(self, host: str | None = "127.0.0.1", port: int = 9876, **kwargs: Any) -> None:
+        """Bind and start accepting (``port=0`` picks a free port; see :attr:`port`)."""
+        self._server = await asyncio.start_server(
+            self._serve, host, port, ssl=self.options.ssl, limit=self.options.read_size, **kwargs
+        )
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def shutdown(self, drain_timeout: float | None = None) -> None:
+        """Stop accepting; let streams run up to ``drain_timeout``; close the rest with 1001;
+        return when every handler has finished."""
+        self._accepting = False
+        if self._server is not None:
+            self._server.close()
+        drain = self.options.drain_timeout if drain_timeout is None else drain_timeout
+        tasks = set(self._connections)
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=drain)
+            close_timeout = self.options.config.close_timeout_ms / 1000
+            for task in pending:
+                self._connections[task].shut_down(close_timeout)
+            if pending:
+                await asyncio.wait(pending)
+
+    async def __aenter__(self) -> AsyncioServer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.shutdown()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if not self._accepting:
+            writer.transport.abort()
+            return
+        peer = writer.get_extra_info("peername")
+        driver = ConnectionDriver(
+            self.options,
+            self.factory,
+            peer=str(peer),
+            overloaded=len(self._connections) >= self.options.max_connections,
+        )
+        conn = _Connection(driver, writer, self.options)
+        self._connections[task] = conn
+        try:
+            await self._read_loop(conn, reader)
+        finally:
+            del self._connections[task]
+            with contextlib.suppress(Exception):
+                if conn.runner is not None:
+                    await conn.runner.finish()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _read_loop(self, conn: _Connection, reader: asyncio.StreamReader) -> None:
+        driver, writer, options = conn.driver, conn.writer, self.options
+        while not driver.closed:
+            try:
+                data = await _with_deadline(reader.read(options.read_size), driver.seconds_to_deadline())
+            except TimeoutError:
+                step = driver.timeout()
+            except (OSError, ssl_module.SSLError):
+                step = driver.receive(b"")
+            else:
+                step = driver.receive(data)
+            conn.write(step)  # pongs go out before the handler sees this read's media
+            if driver.closed:
+                break
+            try:
+                await writer.drain()
+            except OSError:
+                conn.write(driver.receive(b""))
+                break
+            runner = conn.runner
+            if runner is not None:
+                await runner.wait_below(options.max_pending_bytes)
+                if runner.error is not None and not driver.handler_failed:
+                    conn.write(driver.handler_error(runner.error))
+        with contextlib.suppress(OSError):
+            await writer.drain()
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    factory: HandlerFactory,
+    host: str | None = "127.0.0.1",
+    port: int = 9876,
+    options: ServerOptions | None = None,
+) -> AsyncIterator[AsyncioServer]:
+    """Run a receiver for the duration of the ``async with`` block (graceful shutdown at exit)."""
+    server = AsyncioServer(factory, options)
+    await server.start(host, port)
+    try:
+        yield server
+    finally:
+        await server.shutdown()
+
+
+class AsyncioBot:
+    """A MeetStream bot on asyncio streams: ``bot = await AsyncioBot.connect(url)``.
+
+    ``send_*`` write at once (and wait for the socket buffer to drain); :meth:`next_event`
+    returns what the receiver sent (pongs, the close).
+    """
+
+    def __init__(
+        self, conn: BotConnection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.conn = conn
+        self._reader = reader
+        self._writer = writer
+        self._events: deque[Event] = deque()
+        self.clock: Callable[[], int] = now_ms
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+        timeout: float = 10.0,
+    ) -> AsyncioBot:
+        """Connect and finish the handshake; raises ``HandshakeFailed`` when refused."""
+        target = parse_ws_url(url)
+        conn = BotConnection(target, headers=headers)
+        context = ssl if ssl is not None else (
+            ssl_module.create_default_context() if target.secure else None
+        )
+        reader, writer = await _with_deadline(
+            asyncio.open_connection(
+                target.host, target.port, ssl=context,
+                server_hostname=target.host if context is not None else None,
+            ),
+            timeout,
+        )
+        bot = cls(conn, reader, writer)
+        await bot._flush()
+        try:
+            while True:
+                events = await _with_deadline(bot._read_events(), timeout)
+                if handshake_outcome(events):
+                    bot._events.extend(events[1:])
+                    return bot
+        except BaseException:
+            writer.close()
+            raise
+
+    async def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self._writer.write(data)
+            await self._writer.drain()
+
+    async def _read_events(self) -> list[Event]:
+        try:
+            data = await self._reader.read(256 * 1024)
+        except OSError:
+            data = b""
+        events = self.conn.receive_data(data, self.clock())
+        await self._flush()  # answers to WebSocket pings and closes
+        return events
+
+    async def send_start(self, bot_id: str, **fields: Any) -> None:
+        self.conn.send_start(bot_id, **fields)
+        await self._flush()
+
+    async def send_chunk(self, data: bytes, *, final: bool = True) -> None:
+        self.conn.send_chunk(data, final=final)
+        await self._flush()
+
+    async def send_ping(self, seq: Any, sent_at_ms: Any | None = None) -> None:
+        self.conn.send_ping(seq, self.clock() if sent_at_ms is None else sent_at_ms)
+        await self._flush()
+
+    async def send_end(self, duration_seconds: float) -> None:
+        self.conn.send_end(duration_seconds)
+        await self._flush()
+
+    async def send_text(self, text: str) -> None:
+        self.conn.send_text(text)
+        await self._flush()
+
+    async def send_ws_ping(self, payload: bytes = b"") -> None:
+        self.conn.send_ws_ping(payload)
+        await self._flush()
+
+    async def next_event(self, timeout: float | None = None) -> Event:
+        """The next event from the receiver; :class:`BotClosed` once the connection is over."""
+        while not self._events:
+            if self.conn.state is BotState.CLOSED:
+                return BotClosed(1006, "connection closed")
+            self._events.extend(await _with_deadline(self._read_events(), timeout))
+        return self._events.popleft()
+
+    async def close(self, code: int = 1000, reason: str = "", timeout: float = 10.0) -> BotClosed:
+        """Close handshake; returns the receiver's answer (1006 if it never came)."""
+        self.conn.close(code, reason)
+        with contextlib.suppress(OSError):
+            await self._flush()
+        try:
+            while True:
+                event = await self.next_event(timeout)
+                if isinstance(event, BotClosed):
+                    return event
+        except TimeoutError:
+            return BotClosed(1006, "no close frame from the receiver")
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once (a bot that vanishes)."""
+        self._writer.transport.abort()
+
+
+def run(
+    factory: HandlerFactory,
+    host: str | None = "127.0.0.1",
+    port: int = 9876,
+    options: ServerOptions | None = None,
+    *,
+    on_ready: Callable[[int], None] | None = None,
+    use_uvloop: bool = False,
+) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully (the CLI's entry point).
+
+    ``on_ready`` is called with the bound port once the server accepts connections.
+    """
+    import signal
+
+    async def main() -> None:
+        server = AsyncioServer(factory, options)
+        await server.start(host, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        if on_ready is not None:
+            on_ready(server.port)
+        try:
+            await stop.wait()
+        finally:
+            log.info("shutting down: draining %d connection(s)", server.active_connections)
+            await server.shutdown()
+
+    if use_uvloop:
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
