@@ -194,19 +194,22 @@ class AsyncioServer:
         try:
             await self._read_loop(conn, reader)
         finally:
-            del self._connections[task]
-            with contextlib.suppress(Exception):
+            # Leave the registry last: shutdown() waits for the handler to finish too.
+            try:
                 if conn.runner is not None:
                     await conn.runner.finish()
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+            finally:
+                del self._connections[task]
 
     async def _read_loop(self, conn: _Connection, reader: asyncio.StreamReader) -> None:
         driver, writer, options = conn.driver, conn.writer, self.options
         while not driver.closed:
             try:
-                data = await _with_deadline(reader.read(options.read_size), driver.seconds_to_deadline())
+                deadline = driver.seconds_to_deadline()
+                data = await _with_deadline(reader.read(options.read_size), deadline)
             except TimeoutError:
                 step = driver.timeout()
             except (OSError, ssl_module.SSLError):
@@ -214,7 +217,7 @@ class AsyncioServer:
             else:
                 step = driver.receive(data)
             conn.write(step)  # pongs go out before the handler sees this read's media
-            if driver.closed:
+            if step.closed:
                 break
             try:
                 await writer.drain()

@@ -34,9 +34,9 @@ from ._events import (
 )
 from ._fmp4 import (
     BoxSeen,
-    FragmentComplete,
     Fmp4Event,
     Fmp4Scanner,
+    FragmentComplete,
     InitSegment,
     Malformed,
     TrackInfo,
@@ -79,9 +79,9 @@ __all__ = [
     "MediaChunk",
     "MeetStreamError",
     "PongReceived",
+    "ProtocolWarning",
     "Reject",
     "Route",
-    "ProtocolWarning",
     "ServerConfig",
     "ServerConnection",
     "Session",

@@ -141,7 +141,11 @@ class BotConnection:
 
     def send_ping(self, seq: Any, sent_at_ms: Any) -> None:
         """``video_latency_ping``; the pong comes back as :class:`PongReceived`."""
-        message: dict[str, Any] = {"type": "video_latency_ping", "seq": seq, "sent_at_ms": sent_at_ms}
+        message: dict[str, Any] = {
+            "type": "video_latency_ping",
+            "seq": seq,
+            "sent_at_ms": sent_at_ms,
+        }
         if self.bot_id is not None:
             message["bot_id"] = self.bot_id
         self.send_json(message)
@@ -172,9 +176,14 @@ class BotConnection:
         """Feed bytes read from the socket (``b""`` for EOF); returns the events they make."""
         if self.state is BotState.CLOSED:
             return []
+        if not data and self.state is BotState.CONNECTING:
+            self.state = BotState.CLOSED
+            if self._reject is not None:  # a rejection whose body ran to EOF
+                return [self._rejected()]
+            return [BotClosed(ABNORMAL_CLOSURE, "connection lost during the handshake")]
         try:
             self._ws.receive_data(data if data else None)
-        except WSRemoteProtocolError as exc:  # not an HTTP answer, or a wrong Accept token
+        except (WSRemoteProtocolError, UnicodeError) as exc:  # not HTTP, or a bad 101
             self.state = BotState.CLOSED
             return [BotClosed(PROTOCOL_ERROR, f"bad handshake response: {exc}")]
         events: list[Event] = []
@@ -206,13 +215,6 @@ class BotConnection:
             elif isinstance(ev, CloseConnection):
                 events.append(self._on_close(ev))
                 break
-        if data == b"" and self.state is not BotState.CLOSED:
-            # EOF during the handshake (wsproto reports nothing then).
-            self.state = BotState.CLOSED
-            if self._reject is not None:
-                events.append(self._rejected())
-            else:
-                events.append(BotClosed(ABNORMAL_CLOSURE, "connection lost"))
         return events
 
     def _rejected(self) -> BotRejected:

@@ -117,7 +117,8 @@ class MediaChunk(Event):
 
 @dataclass(frozen=True, slots=True)
 class LatencyPing(Event):
-    """``video_latency_ping``. The matching ``video_latency_pong`` is already queued."""
+    """``video_latency_ping``. The matching ``video_latency_pong`` is already queued, unless
+    the connection is closing (RFC 6455 allows no data frame after a close frame)."""
 
     seq: int | None
     sent_at_ms: int | float | None
@@ -143,7 +144,6 @@ class WarningKind(str, enum.Enum):
     BAD_FIELD = "bad_field"
     UNEXPECTED_MESSAGE = "unexpected_message"
     BINARY_OUTSIDE_STREAM = "binary_outside_stream"
-    UNEXPECTED_PONG = "unexpected_pong"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +158,8 @@ class ProtocolWarning(Event):
 class Disconnected(Event):
     """The WebSocket connection is over; always the last event of an accepted connection.
 
-    ``code`` is the close code (1006 when the transport ended without a close frame). ``clean``
+    ``code`` is the close code: the bot's when it closed, ours when we did (1009, 1001...),
+    1006 when the transport ended without a close handshake. ``clean``
     is true when no stream was left open: every started stream ended with
     ``video_stream_end`` and no bytes were left without a stream.
     """

@@ -33,7 +33,14 @@ from ._errors import LocalProtocolError
 from ._events import Accepted, Event, Headers, HTTPRejected, HTTPRequest
 from ._session import DEFAULT_MAX_EARLY_BYTES, DEFAULT_MAX_TEXT_SIZE, Session, SessionState
 
-__all__ = ["ConnectionState", "Reject", "Route", "ServerConfig", "ServerConnection", "route_request"]
+__all__ = [
+    "ConnectionState",
+    "Reject",
+    "Route",
+    "ServerConfig",
+    "ServerConnection",
+    "route_request",
+]
 
 GOING_AWAY = 1001
 ABNORMAL_CLOSURE = 1006
@@ -142,9 +149,21 @@ def route_request(
     return Route(path, parts.query)
 
 
+_TEXT_HEADERS = [
+    (b"Content-Type", b"text/plain; charset=utf-8"),
+    (b"X-Content-Type-Options", b"nosniff"),
+]
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
 def _response(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
-    phrase = http.HTTPStatus(status).phrase if status in http.HTTPStatus._value2member_map_ else ""
-    head = [f"HTTP/1.1 {status} {phrase}".encode("ascii")]
+    head = [f"HTTP/1.1 {status} {_phrase(status)}".encode("ascii")]
     head += [name + b": " + value for name, value in headers]
     head += [b"Content-Length: " + str(len(body)).encode("ascii"), b"Connection: close"]
     return b"\r\n".join(head) + b"\r\n\r\n" + body
@@ -185,6 +204,7 @@ class ServerConnection:
         self._started_ms = now_ms
         self._last_activity_ms = now_ms
         self._closing_since_ms = now_ms
+        self._close_code: tuple[int, str] | None = None
         self._discard_input = False
 
     # ------------------------------------------------------------------ public API
@@ -268,7 +288,11 @@ class ServerConnection:
         path: str | None = None,
         headers: list[tuple[bytes, bytes]] | None = None,
     ) -> list[Event]:
-        self._out += _response(status, headers or [], (reason + "\n").encode("utf-8"))
+        # The body is a fixed phrase: request bytes are never reflected (the reason, with the
+        # details, goes to the event for the logs).
+        body = f"{status} {_phrase(status)}\n".encode("ascii")
+        all_headers = [*_TEXT_HEADERS, *(headers or [])]
+        self._out += _response(status, all_headers, body)
         self.state = ConnectionState.CLOSED
         return [HTTPRejected(status, reason, path)]
 
@@ -304,6 +328,8 @@ class ServerConnection:
         try:
             handshake.initiate_upgrade_connection(list(request.headers), request.target)
             ws_request = next(handshake.events())
+        except UnicodeError as exc:  # wsproto decodes some headers and the host itself
+            return self._reject(400, f"bad WebSocket handshake: undecodable header ({exc})", path)
         except WSRemoteProtocolError as exc:
             hint = exc.event_hint
             status = hint.status_code if isinstance(hint, RejectConnection) else 400
@@ -332,7 +358,8 @@ class ServerConnection:
         for ev in ws.events():
             if isinstance(ev, BytesMessage):
                 if not self._discard_input:
-                    events += session.receive_binary(ev.data)
+                    data = ev.data if isinstance(ev.data, bytes) else bytes(ev.data)
+                    events += session.receive_binary(data)
             elif isinstance(ev, TextMessage):
                 if not self._discard_input:
                     events += session.receive_text(ev.data, now_ms, finished=ev.message_finished)
@@ -365,8 +392,9 @@ class ServerConnection:
             # with its code and drop the connection without waiting for an answer.
             if ws.state is WSState.OPEN:
                 self._out += ws.send(CloseConnection(code=code, reason=reason[:100]))
-        # Otherwise wsproto is CLOSED: the bot answered our close frame, or the transport
-        # ended (code 1006).
+        elif self._close_code is not None and code != ABNORMAL_CLOSURE:
+            code, reason = self._close_code  # the bot answered our close: report why we closed
+        # Otherwise the transport ended (1006).
         self.state = ConnectionState.CLOSED
         return self.session.connection_lost(int(code), reason)
 
@@ -374,6 +402,7 @@ class ServerConnection:
         ws = self._ws
         assert ws is not None
         self._out += ws.send(CloseConnection(code=code, reason=reason))
+        self._close_code = (code, reason)
         self._closing_since_ms = now_ms
         self.state = ConnectionState.CLOSING
 

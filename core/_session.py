@@ -237,7 +237,9 @@ class Session:
             if key in message:
                 pong[key] = message[key]
         pong["server_received_at_ms"] = now_ms
-        bot_id = message["bot_id"] if "bot_id" in message else self.bot_id
+        bot_id = message.get("bot_id")
+        if bot_id is None:
+            bot_id = self.bot_id
         if bot_id is not None:
             pong["bot_id"] = bot_id
         self._outgoing.append(json.dumps(pong, separators=(",", ":")))

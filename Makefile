@@ -1,0 +1,67 @@
+# GNU make. Needs python3 (>= 3.10, with venv) and, for the interoperability tests, node + npm.
+
+VENV    ?= .venv
+PYTHON  ?= python3
+PY       = $(VENV)/bin/python
+NPM     ?= npm
+NODE_DIR = tests/node
+
+# Only lint the source trees that exist (benchmarks/ may not yet).
+LINT_DIRS = $(wildcard core adapters tests benchmarks)
+
+export HYPOTHESIS_PROFILE ?= ci
+
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+.PHONY: help venv install node-deps lint typecheck test serve clean
+
+help:
+	@echo "make install    create $(VENV) (if missing), editable install with [test,trio], npm ci"
+	@echo "make lint       ruff check"
+	@echo "make typecheck  mypy --strict on the installed package meetstream_live"
+	@echo "make test       install, lint, typecheck, then pytest with coverage"
+	@echo "make serve      install, then run the receiver (recordings go to ./recordings)"
+	@echo "make clean      remove build, cache and coverage files (keeps $(VENV) and its editable install)"
+
+# The interpreter is the stamp for the venv: created once, pip upgraded once. A failed
+# creation (e.g. Debian without python3-venv) removes the half-made venv so the next run retries.
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "$(PYTHON) is Python %d.%d; meetstream-live needs >= 3.10" % sys.version_info[:2])'
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
+	$(PY) -m pip install --upgrade pip
+
+venv: $(PY)
+
+# Re-run on every call: in editable_mode=strict new modules only appear after a reinstall.
+install: venv node-deps
+	$(PY) -m pip install -e '.[test,trio]' --config-settings editable_mode=strict
+
+node-deps: $(NODE_DIR)/node_modules
+
+# npm ci only when node_modules is missing or older than the lock file / manifest.
+$(NODE_DIR)/node_modules: $(NODE_DIR)/package-lock.json $(NODE_DIR)/package.json
+	$(NPM) ci --prefix $(NODE_DIR) --no-audit --no-fund || { rm -rf $@; exit 1; }
+	@touch $@
+
+lint: install
+	$(VENV)/bin/ruff check $(LINT_DIRS)
+
+# Checks the sources in core/ and adapters/ through the strict editable install's link tree
+# (the directory names differ from the import names, so mypy cannot be pointed at core/).
+typecheck: install
+	$(VENV)/bin/mypy --strict -p meetstream_live
+
+test: install lint typecheck
+	$(PY) -m pytest --cov=meetstream_live --cov-branch --cov-report=term
+
+serve: install
+	$(VENV)/bin/meetstream-live serve --output ./recordings
+
+# Keeps $(VENV) and build/__editable__.* (the link tree the editable install points at).
+clean:
+	rm -rf dist *.egg-info core/*.egg-info adapters/*.egg-info .mypy_cache .ruff_cache \
+		.pytest_cache .hypothesis htmlcov .coverage .coverage.* coverage.xml
+	[ ! -d build ] || find build -mindepth 1 -maxdepth 1 ! -name '__editable__.*' -exec rm -rf {} +
+	find . -path ./$(VENV) -prune -o -path ./$(NODE_DIR)/node_modules -prune -o \
+		-type d -name __pycache__ -exec rm -rf {} +

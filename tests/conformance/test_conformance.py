@@ -1,0 +1,362 @@
+"""One set of scenarios, every server adapter, real peers.
+
+Each test runs a server adapter in a background thread (``servers.running_server``), plays a bot
+with one of the clients (ours, the ``websockets`` library's, Node's ``ws``), and checks the three
+things that matter: the handler got exactly the bytes sent, in order; every ping got a correct
+pong; the connection ended with the right close code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from meetstream_live import Disconnected, ServerConfig, StreamEnded
+from meetstream_live.adapters import ServerOptions
+
+from .clients import (
+    CLIENTS,
+    Result,
+    Script,
+    masked_frame,
+    node_available,
+    raw_handshake,
+    reset,
+    run_ours,
+)
+from .servers import SERVERS, Collector, running_server
+
+ADAPTERS = sorted(SERVERS)
+CLIENT_NAMES = ["ours", "websockets", "node"]
+
+
+@pytest.fixture(params=ADAPTERS)
+def adapter(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=CLIENT_NAMES)
+def client(request: pytest.FixtureRequest) -> str:
+    if request.param == "node" and not node_available():
+        pytest.fail("the Node client is not installed: run `make test` (npm ci in tests/node)")
+    return str(request.param)
+
+
+@pytest.fixture
+def media(fmp4_small: Any) -> bytes:
+    return bytes(fmp4_small.data)
+
+
+def url(port: int, path: str = "/") -> str:
+    return f"ws://127.0.0.1:{port}{path}"
+
+
+def assert_pongs(result: Result, bot_id: str) -> None:
+    assert len(result.pongs) == len(result.pings) > 0
+    for (seq, sent_at_ms), pong in zip(result.pings, result.pongs, strict=True):
+        assert pong["type"] == "video_latency_pong"
+        assert pong["seq"] == seq
+        assert pong["sent_at_ms"] == sent_at_ms
+        assert pong["bot_id"] == bot_id
+        assert sent_at_ms - 5_000 <= pong["server_received_at_ms"] <= time.time() * 1000 + 5_000
+
+
+def run_scenario(adapter: str, client: str, script: Script) -> tuple[Result, Collector]:
+    collector = Collector()
+    with running_server(adapter, collector) as port:
+        result = CLIENTS[client](url(port), script)
+        collector.wait_finished(1)
+    return result, collector
+
+
+# ------------------------------------------------------------------ every adapter x client
+
+
+def test_normal_stream(adapter: str, client: str, media: bytes) -> None:
+    script = Script(media, chunk=16 * 1024)
+    result, collector = run_scenario(adapter, client, script)
+    [handler] = collector.finished
+    assert handler.data == media
+    assert all(s.offsets_ok for s in handler.streams)
+    assert handler.streams[0].started is not None
+    assert handler.streams[0].started.bot_id == "bot-1"
+    assert handler.streams[0].started.width == 320
+    assert_pongs(result, "bot-1")
+    assert result.close_code == 1000
+    assert handler.disconnected.code == 1000
+    assert handler.disconnected.clean
+
+
+def test_binary_before_start_is_kept(adapter: str, client: str, media: bytes) -> None:
+    script = Script(media, early=3000)
+    _result, collector = run_scenario(adapter, client, script)
+    [handler] = collector.finished
+    assert len(handler.streams) == 1
+    assert handler.streams[0].data == media  # the init segment is not lost
+
+
+def test_fragmented_messages(adapter: str, client: str, media: bytes) -> None:
+    script = Script(media, chunk=50_000, fragment=7_000)
+    result, collector = run_scenario(adapter, client, script)
+    [handler] = collector.finished
+    assert handler.data == media
+    assert_pongs(result, "bot-1")
+
+
+def test_websocket_pings_mid_stream(adapter: str, client: str, media: bytes) -> None:
+    script = Script(media, chunk=40_000, ws_ping=True)
+    result, collector = run_scenario(adapter, client, script)
+    [handler] = collector.finished
+    assert handler.data == media
+    assert_pongs(result, "bot-1")
+
+
+def test_end_without_close(adapter: str, client: str, media: bytes) -> None:
+    script = Script(media, close=False)
+    _result, collector = run_scenario(adapter, client, script)
+    [handler] = collector.finished
+    assert handler.data == media
+    assert any(isinstance(e, StreamEnded) for e in handler.events)
+    assert handler.disconnected.code == 1006
+    assert handler.disconnected.clean  # the stream itself ended properly
+
+
+def test_close_without_end(adapter: str, client: str, media: bytes) -> None:
+    script = Script(media, end=False)
+    result, collector = run_scenario(adapter, client, script)
+    [handler] = collector.finished
+    assert handler.data == media
+    assert result.close_code == 1000
+    assert not handler.disconnected.clean
+
+
+# ------------------------------------------------------------------ every adapter
+
+
+def test_bot_vanishes_mid_frame(adapter: str, media: bytes) -> None:
+    collector = Collector()
+    with running_server(adapter, collector) as port:
+        sock = raw_handshake(port)
+        sock.sendall(masked_frame(0x1, b'{"type":"video_stream_start","bot_id":"gone"}'))
+        sock.sendall(masked_frame(0x2, media[:5000]))
+        half = masked_frame(0x2, media[5000:9000])[:2000]  # header + part of the payload
+        sock.sendall(half)
+        time.sleep(0.2)
+        reset(sock)
+        [handler] = collector.wait_finished(1)
+    # Everything that arrived is delivered, including the part of the torn frame.
+    assert handler.data == media[: 5000 + len(half) - 8]  # 8 = 2 + 2 (length) + 4 (mask)
+    assert handler.disconnected.code == 1006
+    assert not handler.disconnected.clean
+
+
+@pytest.mark.parametrize("client_name", ["ours", "websockets"])
+def test_two_streams_on_one_connection(adapter: str, client_name: str, media: bytes) -> None:
+    collector = Collector()
+    with running_server(adapter, collector) as port:
+        if client_name == "ours":
+            _two_streams_ours(url(port), media)
+        else:
+            _two_streams_websockets(url(port), media)
+        [handler] = collector.wait_finished(1)
+    assert [s.started.bot_id for s in handler.streams if s.started] == ["first", "second"]
+    assert [bytes(s.data) for s in handler.streams] == [media, media[::-1]]
+    assert all(s.offsets_ok for s in handler.streams)
+    assert handler.disconnected.clean
+
+
+def _two_streams_ours(address: str, media: bytes) -> None:
+    from meetstream_live.adapters.asyncio import AsyncioBot
+
+    async def main() -> None:
+        bot = await AsyncioBot.connect(address)
+        for bot_id, data in (("first", media), ("second", media[::-1])):
+            await bot.send_start(bot_id)
+            await bot.send_chunk(data)
+            await bot.send_end(1.0)
+        assert (await bot.close()).code == 1000
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def _two_streams_websockets(address: str, media: bytes) -> None:
+    import json
+
+    from websockets.sync.client import connect
+
+    with connect(address, max_size=None) as ws:
+        for bot_id, data in (("first", media), ("second", media[::-1])):
+            ws.send(json.dumps({"type": "video_stream_start", "bot_id": bot_id}))
+            ws.send(data)
+            ws.send(json.dumps({"type": "video_stream_end", "duration_seconds": 1.0}))
+
+
+def test_fifty_bots_at_once(adapter: str, media: bytes) -> None:
+    from meetstream_live import PongReceived
+    from meetstream_live.adapters.asyncio import AsyncioBot
+
+    count = 50
+    collector = Collector()
+
+    async def one(address: str, n: int) -> None:
+        bot = await AsyncioBot.connect(address)
+        await bot.send_start(f"bot-{n}")
+        for i in range(0, len(media), 20_000):
+            await bot.send_chunk(media[i : i + 20_000])
+        await bot.send_ping(n)
+        event = await bot.next_event(20)
+        assert isinstance(event, PongReceived) and event.matched and event.seq == n
+        await bot.send_end(1.0)
+        assert (await bot.close()).code == 1000
+
+    async def many(address: str) -> None:
+        await asyncio.gather(*(one(address, n) for n in range(count)))
+
+    with running_server(adapter, collector) as port:
+        asyncio.run(asyncio.wait_for(many(url(port)), 60))
+        handlers = collector.wait_finished(count)
+    assert sorted(h.streams[0].started.bot_id for h in handlers) == sorted(  # type: ignore[union-attr]
+        f"bot-{n}" for n in range(count)
+    )
+    assert all(h.data == media and h.disconnected.clean for h in handlers)
+
+
+def test_wss_with_a_throwaway_certificate(adapter: str, media: bytes) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+
+    collector = Collector()
+    with running_server(adapter, collector, ServerOptions(ssl=server_ctx)) as port:
+        address = f"wss://127.0.0.1:{port}/"
+        from websockets.sync.client import connect
+
+        with connect(address, ssl=client_ctx, max_size=None) as ws:
+            ws.send('{"type":"video_stream_start","bot_id":"tls"}')
+            ws.send(media)
+            ws.send('{"type":"video_latency_ping","seq":1,"sent_at_ms":5}')
+            pong = ws.recv(timeout=10)
+            assert '"seq":1' in str(pong)
+        [handler] = collector.wait_finished(1)
+        assert handler.data == media
+        assert handler.info.secure
+        # A client that does not trust the certificate never gets in.
+        with pytest.raises(ssl.SSLError):
+            connect(address, ssl=ssl.create_default_context(), open_timeout=5)
+
+
+def test_connection_limit(adapter: str) -> None:
+    collector = Collector()
+    options = ServerOptions(max_connections=2)
+    with running_server(adapter, collector, options) as port:
+        held = [raw_handshake(port) for _ in range(2)]
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503"), answer
+        sock.close()
+        # The streams already open are not disturbed.
+        for i, open_sock in enumerate(held):
+            open_sock.sendall(masked_frame(0x1, b'{"type":"video_latency_ping","seq":%d}' % i))
+            reply = open_sock.recv(4096)
+            assert b"video_latency_pong" in reply
+            open_sock.close()
+        collector.wait_finished(2)
+
+
+def test_handshake_timeout(adapter: str) -> None:
+    options = ServerOptions(config=ServerConfig(handshake_timeout_ms=300))
+    with running_server(adapter, Collector(), options) as port:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and then nothing
+        started = time.monotonic()
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+        assert time.monotonic() - started < 5
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        sock.close()
+
+
+def test_graceful_shutdown_with_streams_in_flight(adapter: str, media: bytes) -> None:
+    from meetstream_live import BotClosed
+    from meetstream_live.adapters.asyncio import AsyncioBot
+
+    collector = Collector()
+    codes: list[int] = []
+    sent = threading.Event()
+
+    async def bot(address: str) -> None:
+        client = await AsyncioBot.connect(address)
+        await client.send_start("draining")
+        await client.send_chunk(media)
+        sent.set()
+        while True:  # keep the stream open until the server closes it
+            event = await client.next_event(30)
+            if isinstance(event, BotClosed):
+                codes.append(event.code)
+                return
+
+    with running_server(adapter, collector, drain_timeout=0.5) as port:
+        thread = threading.Thread(target=asyncio.run, args=(bot(url(port)),))
+        thread.start()
+        assert sent.wait(10)
+        time.sleep(0.3)
+    # Leaving the block shut the server down: the stream was closed with 1001 and its
+    # handler finished with every byte.
+    thread.join(30)
+    assert codes == [1001]
+    [handler] = collector.finished
+    assert handler.data == media
+    assert isinstance(handler.events[-1], Disconnected)
+    assert handler.disconnected.code == 1001
+
+
+def test_slow_handler_does_not_delay_other_streams(adapter: str, media: bytes) -> None:
+    """A handler that blocks on one stream holds up neither pongs nor data of another."""
+    from meetstream_live.adapters import ConnectionInfo, Handler
+
+    gate = threading.Event()
+
+    class Blocking(Handler):
+        def on_chunk(self, event: Any) -> None:
+            gate.wait(20)
+
+    collector = Collector()
+    made: list[str] = []
+
+    def factory(info: ConnectionInfo) -> Handler:
+        made.append(info.path)
+        return Blocking() if info.path == "/slow" else collector(info)
+
+    with running_server(adapter, factory) as port:
+        blocked = raw_handshake(port, "/slow")
+        blocked.sendall(masked_frame(0x1, b'{"type":"video_stream_start","bot_id":"slow"}'))
+        blocked.sendall(masked_frame(0x2, media[:1000]))
+        time.sleep(0.2)
+        started = time.monotonic()
+        try:
+            result = run_ours(url(port), Script(media, ping_every=2))
+        finally:
+            elapsed = time.monotonic() - started
+            gate.set()
+            blocked.close()
+        [handler] = collector.wait_finished(1)
+    assert made == ["/slow", "/"]
+    assert elapsed < 10
+    assert handler.data == media
+    assert_pongs(result, "bot-1")
