@@ -7,7 +7,7 @@ NPM     ?= npm
 NODE_DIR = tests/node
 
 # Only lint the source trees that exist (benchmarks/ may not yet).
-LINT_DIRS = $(wildcard core adapters tests benchmarks)
+LINT_DIRS = $(wildcard core adapters tests benchmarks docs)
 
 export HYPOTHESIS_PROFILE ?= ci
 
