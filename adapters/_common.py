@@ -44,6 +44,7 @@ __all__ = [
     "HandshakeFailed",
     "ServerOptions",
     "Step",
+    "deliver",
     "handshake_outcome",
     "media_size",
     "now_ms",
@@ -147,7 +148,9 @@ class ServerOptions:
     read_size: int = 256 * 1024
     #: Answers ``http_paths`` requests; without it they get 404.
     http_handler: HTTPHandler | None = None
-    #: Called with every event of every connection, on the loop (metrics, logs): keep it cheap.
+    #: Called with every event of every connection (metrics, logs): on the event loop, or in
+    #: the connection's thread with the sync adapter (so: cheap, and thread-safe). Errors in it
+    #: are logged, never fatal.
     observer: Callable[[Event], None] | None = None
 
 
@@ -204,6 +207,10 @@ class ConnectionDriver:
     def close(self, code: int = GOING_AWAY, reason: str = "server shutting down") -> Step:
         return self._step(self.conn.close(code, reason, now_ms=self.clock()))
 
+    def resumed(self) -> None:
+        """Reading resumes after a backpressure pause: the bot was not idle, we were."""
+        self.conn.keep_alive(self.clock())
+
     def handler_error(self, exc: BaseException) -> Step:
         """The handler raised: close this connection with 1011 (others are not affected)."""
         log.error("handler failed for %s: %r", self.peer, exc, exc_info=exc)
@@ -221,7 +228,10 @@ class ConnectionDriver:
         for_handler: list[Event] = []
         for event in events:
             if observer is not None:
-                observer(event)
+                try:
+                    observer(event)
+                except Exception as exc:  # metrics must never take a stream down
+                    log.error("observer failed on %r: %r", type(event).__name__, exc)
             if isinstance(event, HTTPRequest):
                 self._answer(event)
             elif isinstance(event, Accepted):
@@ -278,6 +288,24 @@ def handshake_outcome(events: Iterable[Event]) -> bool | None:
         if isinstance(event, BotClosed):
             raise HandshakeFailed(None, event.reason or f"closed ({event.code})")
     return None
+
+
+def deliver(handler: Handler, events: Iterable[Event]) -> Exception | None:
+    """Call the handler for each event, in order. After a method raises, only
+    :class:`Disconnected` is still delivered (the handler must hear of the end). Returns the
+    first exception, for the adapter to close the connection with 1011."""
+    error: Exception | None = None
+    for event in events:
+        if error is not None and not isinstance(event, Disconnected):
+            continue
+        try:
+            handler.dispatch((event,))
+        except Exception as exc:
+            if error is None:
+                error = exc
+            else:
+                log.error("handler failed again: %r", exc, exc_info=exc)
+    return error
 
 
 def media_size(events: Iterable[Event]) -> int:

@@ -30,6 +30,7 @@ from ._common import (
     HandlerFactory,
     ServerOptions,
     Step,
+    deliver,
     handshake_outcome,
     log,
     media_size,
@@ -54,10 +55,11 @@ async def _with_deadline(awaitable: Awaitable[T], seconds: float | None) -> T:
 class _Runner:
     """Calls one connection's handler off the loop, in order, and counts the media waiting."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, on_error: Callable[[Exception], None]) -> None:
         self.handler = handler
         self.pending = 0
-        self.error: BaseException | None = None
+        self.error: Exception | None = None
+        self._on_error = on_error
         self._batches: deque[list[Event]] = deque()
         self._task: asyncio.Task[None] | None = None
         self._progress = asyncio.Event()
@@ -74,21 +76,23 @@ class _Runner:
             batch: list[Event] = []
             while self._batches:
                 batch += self._batches.popleft()
-            if self.error is not None:
-                # After a failure the handler only hears of the disconnect.
+            if self.error is not None:  # after a failure the handler only hears of the end
                 batch = [e for e in batch if isinstance(e, Disconnected)]
-            try:
-                await loop.run_in_executor(None, self.handler.dispatch, batch)
-            except Exception as exc:
-                if self.error is None:
-                    self.error = exc
+            error = await loop.run_in_executor(None, deliver, self.handler, batch)
             self.pending -= media_size(batch)
             self._progress.set()
+            if error is not None and self.error is None:
+                self.error = error
+                self._on_error(error)
 
-    async def wait_below(self, limit: int) -> None:
+    async def wait_below(self, limit: int) -> bool:
+        """Wait while too much media is pending; True if the reader had to pause."""
+        paused = False
         while self.pending > limit and self.error is None:
+            paused = True
             self._progress.clear()
             await self._progress.wait()
+        return paused
 
     async def finish(self) -> None:
         while self._task is not None and not self._task.done():
@@ -110,8 +114,13 @@ class _Connection:
         if step.events:
             if self.runner is None:
                 assert self.driver.handler is not None
-                self.runner = _Runner(self.driver.handler)
+                self.runner = _Runner(self.driver.handler, self.handler_failed)
             self.runner.submit(step.events)
+
+    def handler_failed(self, exc: Exception) -> None:
+        """Close with 1011 at once (on the loop, like every use of the driver)."""
+        if not self.driver.closed and not self.driver.handler_failed:
+            self.write(self.driver.handler_error(exc))
 
     def shut_down(self, close_timeout: float) -> None:
         """Close with 1001 from outside the read loop; abort if the bot never answers."""
@@ -225,10 +234,8 @@ class AsyncioServer:
                 conn.write(driver.receive(b""))
                 break
             runner = conn.runner
-            if runner is not None:
-                await runner.wait_below(options.max_pending_bytes)
-                if runner.error is not None and not driver.handler_failed:
-                    conn.write(driver.handler_error(runner.error))
+            if runner is not None and await runner.wait_below(options.max_pending_bytes):
+                driver.resumed()
         with contextlib.suppress(OSError):
             await writer.drain()
 

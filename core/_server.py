@@ -255,6 +255,11 @@ class ServerConnection:
             self.state = ConnectionState.CLOSED
         return []
 
+    def keep_alive(self, now_ms: int) -> None:
+        """Restart the idle timer without data: call it when reading resumes after the caller
+        stopped reading on purpose (backpressure), so the pause is not taken for the bot's."""
+        self._last_activity_ms = max(self._last_activity_ms, now_ms)
+
     def next_deadline(self) -> int | None:
         """When ``handle_timeout`` must be called next (a ``now_ms`` value), or ``None``."""
         if self.state is ConnectionState.HANDSHAKE:

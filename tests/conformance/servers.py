@@ -127,8 +127,64 @@ def _asyncio_server(
         loop.close()
 
 
+@contextlib.contextmanager
+def _sync_server(
+    factory: HandlerFactory, options: ServerOptions, drain_timeout: float | None
+) -> Iterator[int]:
+    from meetstream_live.adapters.sync import SyncServer
+
+    server = SyncServer(factory, options)
+    server.start("127.0.0.1", 0)
+    thread = server.start_background()
+    try:
+        yield server.port
+    finally:
+        server.shutdown(drain_timeout)
+        thread.join(60)
+        assert not thread.is_alive(), "sync server did not shut down"
+
+
+@contextlib.contextmanager
+def _trio_server(
+    factory: HandlerFactory, options: ServerOptions, drain_timeout: float | None
+) -> Iterator[int]:
+    import trio
+
+    from meetstream_live.adapters.trio import TrioServer
+
+    ready = threading.Event()
+    state: dict[str, object] = {}
+
+    async def main() -> None:
+        stop = trio.Event()
+        server = TrioServer(factory, options)
+        await server.start("127.0.0.1", 0)
+        state["port"] = server.port
+        state["stop"] = stop
+        state["token"] = trio.lowlevel.current_trio_token()
+        ready.set()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.serve_forever)
+            await stop.wait()
+            await server.shutdown(drain_timeout)
+            nursery.cancel_scope.cancel()
+
+    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    thread.start()
+    assert ready.wait(START_TIMEOUT), "trio server did not start"
+    try:
+        yield int(state["port"])  # type: ignore[call-overload]
+    finally:
+        stop = state["stop"]
+        trio.from_thread.run_sync(stop.set, trio_token=state["token"])  # type: ignore[attr-defined,arg-type]
+        thread.join(60)
+        assert not thread.is_alive(), "trio server did not shut down"
+
+
 SERVERS: dict[str, Callable[..., contextlib.AbstractContextManager[int]]] = {
     "asyncio": _asyncio_server,
+    "sync": _sync_server,
+    "trio": _trio_server,
 }
 
 
