@@ -254,7 +254,10 @@ class BotConnection:
             del self.outstanding_pings[seq]
         rtt: float | None = None
         if isinstance(sent_at_ms, (int, float)) and not isinstance(sent_at_ms, bool):
-            rtt = float(now_ms - sent_at_ms)
+            try:
+                rtt = float(now_ms - sent_at_ms)
+            except OverflowError:  # not a time any clock could have sent
+                rtt = None
         return PongReceived(
             seq=seq,
             sent_at_ms=sent_at_ms,

@@ -124,7 +124,10 @@ def route_request(
     every transport answers 401, 404, 405, 426 and 503 the same way. Header names must be
     lower-case, as h11 and ASGI give them.
     """
-    parts = urlsplit(target)
+    try:
+        parts = urlsplit(target)
+    except ValueError as exc:
+        return Reject(400, f"bad request target: {exc}")
     path = parts.path or "/"
     upgrade = any(name == b"upgrade" and b"websocket" in value.lower() for name, value in headers)
     if not upgrade and path in config.http_paths:
@@ -312,6 +315,12 @@ class ServerConnection:
         if not isinstance(event, h11.Request):  # ConnectionClosed: EOF before a request
             self.state = ConnectionState.CLOSED
             return []
+        # h11 bounds an incomplete head only; a whole one that came in one read is measured
+        # here (request line and header lines, as received).
+        head = len(event.method) + len(event.target) + 12
+        head += sum(len(name) + len(value) + 4 for name, value in event.headers.raw_items())
+        if head > self.config.max_request_head:
+            return self._reject(431, f"request head over {self.config.max_request_head} bytes")
         return self._route(event, now_ms)
 
     def _route(self, request: h11.Request, now_ms: int) -> list[Event]:
@@ -329,11 +338,13 @@ class ServerConnection:
     def _upgrade(
         self, request: h11.Request, path: str, query: str, headers: Headers, now_ms: int
     ) -> list[Event]:
+        if request.http_version != b"1.1":
+            return self._reject(400, "a WebSocket upgrade needs HTTP/1.1", path)
         handshake = H11Handshake(ConnectionType.SERVER)
         try:
             handshake.initiate_upgrade_connection(list(request.headers), request.target)
             ws_request = next(handshake.events())
-        except UnicodeError as exc:  # wsproto decodes some headers and the host itself
+        except (UnicodeError, h11.LocalProtocolError) as exc:  # wsproto decodes and rebuilds
             return self._reject(400, f"bad WebSocket handshake: undecodable header ({exc})", path)
         except WSRemoteProtocolError as exc:
             hint = exc.event_hint

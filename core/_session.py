@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import json
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,25 @@ class CloseRequest:
 
     code: int
     reason: str
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+
+
+def _show(value: object) -> str:
+    """A short repr of an untrusted value (bounded in length and nesting)."""
+    return _REPR.repr(value)
+
+
+def _as_float(value: object) -> float | None:
+    """A JSON number as a float; None when it is not a number or too big for a float."""
+    if not _is_number(value):
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        return None
 
 
 def _reject_constant(name: str) -> Any:
@@ -188,13 +208,20 @@ class Session:
                     "binary data after video_stream_end: held for the next stream",
                 )
             )
-        self._early.append(data)
-        self._early_size += len(data)
-        if self._early_size > self.max_early_bytes:
+        room = self.max_early_bytes - self._early_size
+        if len(data) > room:
+            # Keep exactly max_early_bytes (what is kept must not depend on how reads were
+            # split), then close: the bot sent too much without a start.
+            if room > 0:
+                self._early.append(data[:room])
+                self._early_size += room
             self.close_request = CloseRequest(
                 MESSAGE_TOO_BIG,
                 f"over {self.max_early_bytes} bytes of binary data without video_stream_start",
             )
+            return events
+        self._early.append(data)
+        self._early_size += len(data)
         return events
 
     def _release_early(self) -> list[Event]:
@@ -242,20 +269,30 @@ class Session:
             bot_id = self.bot_id
         if bot_id is not None:
             pong["bot_id"] = bot_id
-        self._outgoing.append(json.dumps(pong, separators=(",", ":")))
-
         events: list[Event] = []
+        try:
+            text = json.dumps(pong, separators=(",", ":"))
+        except (ValueError, RecursionError):  # nested too deep to encode again
+            events.append(
+                ProtocolWarning(WarningKind.BAD_FIELD, "ping fields too deeply nested to echo")
+            )
+            scalar = {k: v for k, v in pong.items() if not isinstance(v, (list, dict))}
+            text = json.dumps(scalar, separators=(",", ":"))
+        self._outgoing.append(text)
+
         seq = message.get("seq")
         sent_at_ms = message.get("sent_at_ms")
         if "seq" not in message:
             events.append(ProtocolWarning(WarningKind.MISSING_FIELD, "ping has no 'seq'"))
         elif not _is_int(seq):
-            events.append(ProtocolWarning(WarningKind.BAD_FIELD, f"ping 'seq' is {seq!r}"))
+            events.append(ProtocolWarning(WarningKind.BAD_FIELD, f"ping 'seq' is {_show(seq)}"))
         if "sent_at_ms" not in message:
             events.append(ProtocolWarning(WarningKind.MISSING_FIELD, "ping has no 'sent_at_ms'"))
         elif not _is_number(sent_at_ms):
             events.append(
-                ProtocolWarning(WarningKind.BAD_FIELD, f"ping 'sent_at_ms' is {sent_at_ms!r}")
+                ProtocolWarning(
+                    WarningKind.BAD_FIELD, f"ping 'sent_at_ms' is {_show(sent_at_ms)}"
+                )
             )
         events.append(
             LatencyPing(
@@ -308,14 +345,16 @@ class Session:
                 )
             ]
         events: list[Event] = []
-        duration = message.get("duration_seconds")
-        if duration is not None and not _is_number(duration):
+        raw_duration = message.get("duration_seconds")
+        duration = _as_float(raw_duration)
+        if raw_duration is not None and duration is None:
             events.append(
-                ProtocolWarning(WarningKind.BAD_FIELD, f"'duration_seconds' is {duration!r}")
+                ProtocolWarning(
+                    WarningKind.BAD_FIELD, f"'duration_seconds' is {_show(raw_duration)}"
+                )
             )
-            duration = None
         self.state = TRANSITIONS[(self.state, SessionInput.END)]
-        events.append(StreamEnded(float(duration) if duration is not None else None, message))
+        events.append(StreamEnded(duration, message))
         return events
 
 
@@ -340,7 +379,9 @@ class _StartFields:
 
     def _bad(self, name: str, value: object) -> None:
         self.warnings.append(
-            ProtocolWarning(WarningKind.BAD_FIELD, f"video_stream_start {name!r} is {value!r}")
+            ProtocolWarning(
+                WarningKind.BAD_FIELD, f"video_stream_start {name!r} is {_show(value)}"
+            )
         )
 
     def text(self, *names: str, required: bool = False, allow_int: bool = False) -> str | None:
@@ -363,7 +404,7 @@ class _StartFields:
         _, value = self._get((name,), False)
         if value is None:
             return None
-        if _is_number(value):
-            return float(value)
-        self._bad(name, value)
-        return None
+        number = _as_float(value)
+        if number is None:
+            self._bad(name, value)
+        return number
