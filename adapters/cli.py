@@ -1,0 +1,572 @@
+"""The ``meetstream-live`` command: ``serve``, ``simulate``, ``check`` and ``create-bot``.
+
+Run ``meetstream-live COMMAND --help`` (or ``python -m meetstream_live.adapters.cli``) for the
+options of each command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import os
+import re
+import shlex
+import ssl
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NoReturn
+
+from meetstream_live import ServerConfig, __version__, parse_ws_url
+
+from ._common import HandlerFactory, ServerOptions
+from .metrics import HTTP_PATHS, Metrics
+from .recorder import FinishedRecording, Recorder, recover
+
+__all__ = ["main", "parse_duration"]
+
+log = logging.getLogger("meetstream_live.cli")
+
+PROG = "meetstream-live"
+DEFAULT_API_BASE = "https://api.meetstream.ai"
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|min|m|h)?\s*$", re.IGNORECASE)
+
+
+class UsageError(Exception):
+    """Bad input on the command line or in the environment: message, then exit 2."""
+
+
+def parse_duration(text: str) -> float:
+    """``"90s"``, ``"1.5m"``, ``"2h"``, ``"250ms"`` or plain seconds (``"30"``) -> seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (examples: 30, 90s, 10m, 1h, 500ms)")
+    return float(match.group(1)) * _UNITS[(match.group(2) or "s").lower()]
+
+
+def _duration_arg(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _optional_duration_arg(text: str) -> float | None:
+    """A duration, or ``0`` / ``none`` / ``off`` for "never"."""
+    if text.strip().lower() in ("0", "none", "off", "never"):
+        return None
+    return _duration_arg(text)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {value}")
+    return value
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "k": 1024, "kib": 1024, "m": 1024 * 1024, "mib": 1024 * 1024}
+    match = re.match(r"^\s*(\d+)\s*([a-z]*)\s*$", text, re.IGNORECASE)
+    if match is None or match.group(2).lower() not in units or int(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 65536, 64k, 1m)")
+    return int(match.group(1)) * units[match.group(2).lower()]
+
+
+# ---------------------------------------------------------------------------- logging
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and the exception, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        document: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, tz=timezone.utc)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        return json.dumps(document, ensure_ascii=False)
+
+
+def _setup_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+# ---------------------------------------------------------------------------- serve
+
+
+class FinishHooks:
+    """Runs ``--on-finish`` for each finalized recording, in worker threads, without a shell:
+    ``shlex.split(command) + [mp4, json]``."""
+
+    def __init__(self, command: str, workers: int = 4) -> None:
+        self.argv = shlex.split(command)
+        if not self.argv:
+            raise UsageError("--on-finish: empty command")
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, "on-finish")
+
+    def __call__(self, recording: FinishedRecording) -> None:
+        self._pool.submit(self._run, [*self.argv, str(recording.path), str(recording.sidecar_path)])
+
+    def _run(self, argv: list[str]) -> None:
+        try:
+            done = subprocess.run(argv, stdin=subprocess.DEVNULL, check=False)
+        except OSError as exc:
+            log.error("--on-finish could not run %r: %s", argv[0], exc)
+            return
+        if done.returncode != 0:
+            log.warning("--on-finish exited with %d for %s", done.returncode, argv[-2])
+
+    def close(self) -> None:
+        """Wait for the hooks still running."""
+        self._pool.shutdown(wait=True)
+
+
+def _check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(
+            f"output directory {str(directory)!r} is not writable: {exc.strerror or exc}"
+        ) from None
+
+
+def _adapter_run(name: str) -> Callable[..., None]:
+    """The blocking ``run(factory, host, port, options, *, on_ready=None)`` of an adapter."""
+    hints = {
+        "uvloop": "pip install 'meetstream-live[uvloop]'",
+        "trio": "pip install 'meetstream-live[trio]'",
+    }
+    module: ModuleType
+    try:
+        if name == "uvloop":
+            import uvloop  # noqa: F401
+
+            from . import asyncio as asyncio_adapter
+
+            def run_uvloop(*args: Any, **kwargs: Any) -> None:
+                asyncio_adapter.run(*args, use_uvloop=True, **kwargs)
+
+            return run_uvloop
+        if name == "trio":
+            import trio  # noqa: F401
+        module = __import__(f"{__package__}.{name}", fromlist=["run"])
+    except ImportError as exc:
+        hint = hints.get(name, "")
+        raise UsageError(
+            f"the {name} adapter is not available: {exc}" + (f" ({hint})" if hint else "")
+        ) from None
+    run: Callable[..., None] = module.run
+    return run
+
+
+def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    if cert is None and key is None:
+        return None
+    if cert is None:
+        raise UsageError("--tls-key needs --tls-cert")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot load the TLS certificate/key: {exc}") from None
+    return context
+
+
+def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    output = Path(args.output)
+    _check_writable(output)
+    run = _adapter_run(args.adapter)
+    context = _tls_context(args.tls_cert, args.tls_key)
+    token = args.token or environ.get("MEETSTREAM_LIVE_TOKEN") or None
+    hooks = FinishHooks(args.on_finish) if args.on_finish else None
+    _setup_logging(args.log_format, args.log_level)
+    metrics = Metrics()
+
+    try:
+        for recording in recover(output, metrics=metrics):
+            if hooks is not None:
+                hooks(recording)
+        config = ServerConfig(
+            path=args.path,
+            token=token,
+            http_paths=HTTP_PATHS,
+            handshake_timeout_ms=int(args.handshake_timeout * 1000),
+            idle_timeout_ms=None if args.idle_timeout is None else int(args.idle_timeout * 1000),
+        )
+        options = ServerOptions(
+            config=config,
+            max_connections=args.max_connections,
+            ssl=context,
+            drain_timeout=args.drain_timeout,
+            http_handler=metrics.http_handler,
+            observer=metrics.observe,
+        )
+        factory: HandlerFactory = Recorder(
+            output, rotate_every=args.rotate_every, on_finish=hooks, metrics=metrics
+        )
+        scheme = "wss" if context is not None else "ws"
+        host = args.host
+
+        def ready(port: int) -> None:
+            shown = f"[{host}]" if ":" in host else host
+            log.info(
+                "listening on %s://%s:%d%s (adapter %s, recording to %s%s)",
+                scheme, shown, port, args.path or "/", args.adapter, output.resolve(),
+                ", token required" if token else "",
+            )
+
+        try:
+            run(factory, host, args.port, options, on_ready=ready)
+        except OSError as exc:
+            log.error("cannot serve on %s:%d: %s", host, args.port, exc.strerror or exc)
+            return 1
+    finally:
+        if hooks is not None:
+            hooks.close()
+    log.info("stopped")
+    return 0
+
+
+# ---------------------------------------------------------------------------- simulate, check
+
+
+def _load_plan(path: str | None) -> Any:
+    from .sample import sample_bytes
+    from .simulate import plan_media
+
+    if path is None:
+        try:
+            return plan_media(sample_bytes())
+        except FileNotFoundError as exc:
+            raise UsageError(f"{exc}: pass --file") from None
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path!r}: {exc.strerror or exc}") from None
+    return plan_media(data)
+
+
+def _check_url(url: str) -> str:
+    try:
+        parse_ws_url(url)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return url
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .simulate import format_simulation, simulate
+
+    url = _check_url(args.url)
+    plan = _load_plan(args.file)
+    result = asyncio.run(
+        simulate(
+            url,
+            plan,
+            bots=args.bots,
+            bot_id=args.bot_id,
+            chunk_size=args.chunk_size,
+            realtime=args.realtime,
+            ping_interval=args.ping_interval,
+            pong_timeout=args.pong_timeout,
+            cafile=args.cafile,
+            token=args.token,
+            progress=None if args.quiet else sys.stderr,
+            timeout=args.timeout,
+        )
+    )
+    print(format_simulation(result))
+    return 0 if result.ok else 1
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .simulate import check, format_check
+
+    url = _check_url(args.url)
+    if not url.startswith("wss://"):
+        print("note: ws:// is unencrypted; MeetStream production needs wss://", file=sys.stderr)
+    plan = _load_plan(args.file)
+    items = asyncio.run(
+        check(
+            url,
+            plan,
+            bot_id=args.bot_id,
+            chunk_size=args.chunk_size,
+            pong_timeout=args.pong_timeout,
+            idle=args.idle,
+            max_skew=args.max_clock_skew,
+            cafile=args.cafile,
+            token=args.token,
+            timeout=args.timeout,
+            report=lambda item: print(format_check(item), flush=True),
+        )
+    )
+    failed = [item.name for item in items if item.ok is False]
+    print(f"{'FAIL' if failed else 'PASS'}: {len(items) - len(failed)}/{len(items)} items "
+          f"passed or skipped" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------- create-bot
+
+
+def _create_bot(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    url = _check_url(args.websocket_url)
+    if url.startswith("ws://"):
+        print("warning: ws:// is unencrypted; use wss:// in production", file=sys.stderr)
+    if not args.meeting_link.startswith(("https://", "http://")):
+        raise UsageError(f"meeting_link must be an http(s) URL: {args.meeting_link!r}")
+    payload = {
+        "meeting_link": args.meeting_link,
+        "video_required": True,
+        "live_video_required": {"websocket_url": url},
+    }
+    if args.dry_run:
+        print(json.dumps(payload, indent=2))
+        return 0
+    key = environ.get("MEETSTREAM_API_KEY")
+    if not key:
+        raise UsageError("set MEETSTREAM_API_KEY to your MeetStream API key")
+    endpoint = args.api_base.rstrip("/") + "/api/bots"
+    request = urllib.request.Request(
+        endpoint,
+        data=json.dumps(payload).encode("utf-8"),
+        method="POST",
+        headers={
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": f"meetstream-live/{__version__}",
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        text = exc.read().decode("utf-8", "replace").strip()
+        print(f"error: {endpoint} answered {exc.code} {exc.reason}: {text[:2000]}",
+              file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        print(f"error: cannot reach {endpoint}: {reason}", file=sys.stderr)
+        return 1
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    bot_id = answer.get("bot_id") if isinstance(answer, dict) else None
+    if not isinstance(bot_id, (str, int)) or isinstance(bot_id, bool):
+        print(f"error: no bot_id in the answer: {body[:2000].decode('utf-8', 'replace')}",
+              file=sys.stderr)
+        return 1
+    print(bot_id)
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the ones that mean "not set"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+DURATIONS = "DURATION is seconds (30) or with a unit: 500ms, 90s, 10m, 1h."
+
+
+def _duration(
+    parser: argparse.ArgumentParser, name: str, default: str | None, text: str,
+    *, never: bool = False,
+) -> None:
+    parser.add_argument(
+        name, type=_optional_duration_arg if never else _duration_arg, default=default,
+        metavar="DURATION", help=text,
+    )
+
+
+def _bot_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("url", help="the receiver's WebSocket URL (ws://... or wss://...)")
+    parser.add_argument("--file", help="fMP4 file to stream (default: the bundled 6 s sample)")
+    parser.add_argument(
+        "--token", help="sent as 'Authorization: Bearer TOKEN'; default $MEETSTREAM_LIVE_TOKEN"
+    )
+    parser.add_argument(
+        "--cafile", help="extra CA certificates (PEM) to trust for wss:// (self-signed setups)"
+    )
+    _duration(parser, "--timeout", "10s", "connect and close timeout")
+    _duration(parser, "--pong-timeout", "5s", "how long to wait for each pong")
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser; defaults come from ``environ`` (``os.environ`` by default)."""
+    env = os.environ if environ is None else environ
+    parser = _Parser(
+        prog=PROG,
+        description="Receive, record, simulate and check MeetStream live video over WebSocket.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser(
+        "serve", help="receive streams and record them to disk", formatter_class=_Help,
+        description="Receive MeetStream live video and record each stream to "
+        "OUTPUT/<bot_id>/[<speaker>/]<UTC start>.mp4 with a .json sidecar (see "
+        "docs/recording.md). Unfinished .part files left by a crash are recovered first. "
+        "GET /healthz and GET /metrics (Prometheus) are served on the same port. Stop with "
+        "SIGINT or SIGTERM: streams get --drain-timeout to finish. " + DURATIONS,
+    )
+    serve.add_argument("--host", default=env.get("WS_HOST", "127.0.0.1"),
+                       help="address to listen on ($WS_HOST)")
+    serve.add_argument("--port", type=int, default=env.get("WS_PORT", "9876"),
+                       help="port to listen on, 0 for any free port ($WS_PORT)")
+    serve.add_argument("--output", "--output-dir", dest="output",
+                       default=env.get("OUTPUT_DIR", "./recordings"),
+                       help="where recordings go; must be writable ($OUTPUT_DIR)")
+    serve.add_argument("--adapter", choices=("asyncio", "uvloop", "sync", "trio"),
+                       default="asyncio",
+                       help="I/O stack: uvloop and trio need their extras installed")
+    serve.add_argument("--path",
+                       help="accept WebSocket upgrades only on this path, e.g. /video "
+                       "(default: any path)")
+    serve.add_argument("--tls-cert", help="certificate chain (PEM) to serve wss:// directly")
+    serve.add_argument("--tls-key", help="private key (PEM) of --tls-cert, if not in it")
+    serve.add_argument("--token",
+                       help="require ?token=... or 'Authorization: Bearer ...' with this "
+                       "value; default $MEETSTREAM_LIVE_TOKEN (never logged)")
+    serve.add_argument("--max-connections", type=_positive_int, default=2000,
+                       help="above this many connections, upgrades get 503")
+    _duration(serve, "--handshake-timeout", "10s", "time allowed for the HTTP upgrade request")
+    _duration(serve, "--idle-timeout", "300s",
+              "close (1001) a bot silent for this long; 0 for never", never=True)
+    _duration(serve, "--drain-timeout", "30s",
+              "on SIGINT/SIGTERM, how long streams may go on before they are closed (1001)")
+    _duration(serve, "--rotate-every", None,
+              "cut recordings into pieces of this much media (e.g. 10m) at fragment "
+              "boundaries: <stem>_part001.mp4, <stem>_part002.mp4..., each playable alone")
+    serve.add_argument("--on-finish", metavar="CMD",
+                       help="for each finished recording run CMD MP4 JSON (split like a shell "
+                       "would, run without one; off the event loop; exit status logged)")
+    serve.add_argument("--log-format", choices=("text", "json"), default="text",
+                       help="log lines (stderr) as text or one JSON object each")
+    serve.add_argument("--log-level", default="info",
+                       choices=("debug", "info", "warning", "error"), help="log level")
+
+    sim = commands.add_parser(
+        "simulate", help="play MeetStream bots against a receiver", formatter_class=_Help,
+        description="Stream a real fMP4 file to a receiver as N MeetStream bots at once "
+        "(start, binary chunks, pings, end, close 1000), show progress on stderr and report "
+        "the pong round trips. Exits 1 if a bot failed or a ping went unanswered. "
+        + DURATIONS,
+    )
+    _bot_options(sim)
+    sim.add_argument("--bots", type=_positive_int, default=1, help="bots at once")
+    sim.add_argument("--bot-id", default="sim-bot", help="bot_id (suffixed -1, -2... for N>1)")
+    sim.add_argument("--chunk-size", type=_size, default="32k",
+                     help="bytes per binary message (65536, 64k, 1m)")
+    sim.add_argument("--realtime", action="store_true",
+                     help="pace by media time (each fragment when its media is complete) "
+                     "instead of as fast as possible")
+    _duration(sim, "--ping-interval", "1s", "time between latency pings")
+    sim.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+    chk = commands.add_parser(
+        "check", help="run the protocol checklist against a receiver", formatter_class=_Help,
+        description="Check any receiver against the protocol's quick-test checklist: TLS "
+        "(wss://), handshake, start accepted, binary flowing, a correct pong for every ping, "
+        "a 16 MiB binary message (sent as an fMP4 'free' box), an optional idle gap, end, "
+        "clean close (1000). Prints PASS/FAIL/SKIP per item; exits 0 only if none failed. "
+        + DURATIONS,
+    )
+    _bot_options(chk)
+    chk.add_argument("--bot-id", default="check-bot", help="bot_id to announce")
+    chk.add_argument("--chunk-size", type=_size, default="64k",
+                     help="bytes per binary message (65536, 64k, 1m)")
+    _duration(chk, "--idle", None, "also stay silent this long (e.g. 90s), then ping")
+    _duration(chk, "--max-clock-skew", "10m",
+              "how far server_received_at_ms may be from local time and before sent_at_ms")
+
+    bot = commands.add_parser(
+        "create-bot", help="ask the MeetStream API for a bot that streams to your receiver",
+        formatter_class=_Help,
+        description="POST {api-base}/api/bots with meeting_link, video_required=true and "
+        "live_video_required.websocket_url, authorized by $MEETSTREAM_API_KEY. Prints the new "
+        "bot_id. Live video works with Google Meet and Microsoft Teams only.",
+    )
+    bot.add_argument("meeting_link", help="Google Meet or Microsoft Teams meeting URL")
+    bot.add_argument("--websocket-url", required=True,
+                     help="your receiver's public URL (wss://... in production)")
+    bot.add_argument("--api-base", default=env.get("MEETSTREAM_API_BASE", DEFAULT_API_BASE),
+                     help="MeetStream API base URL ($MEETSTREAM_API_BASE)")
+    _duration(bot, "--timeout", "30s", "HTTP timeout")
+    bot.add_argument("--dry-run", action="store_true", help="print the payload, send nothing")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script; returns the exit status."""
+    environ = os.environ
+    try:
+        parser = build_parser(environ)
+        args = parser.parse_args(argv)
+        if args.command == "serve":
+            return _serve(args, environ)
+        if args.command in ("simulate", "check"):
+            args.token = args.token or environ.get("MEETSTREAM_LIVE_TOKEN") or None
+            return _simulate(args) if args.command == "simulate" else _check(args)
+        return _create_bot(args, environ)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())
