@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -158,12 +157,7 @@ def _peer(scope: Scope) -> str:
 def _refusal(decision: Reject) -> tuple[bytes, Headers]:
     """Body and headers of a refusal, as :class:`~meetstream_live.ServerConnection` sends them:
     a fixed phrase (request bytes are never reflected; the reason goes to the logs)."""
-    try:
-        phrase = http.HTTPStatus(decision.status).phrase
-    except ValueError:
-        phrase = ""
-    body = f"{decision.status} {phrase}\n".encode("ascii")
-    return body, ((b"x-content-type-options", b"nosniff"), *decision.headers)
+    return decision.body, decision.response_headers
 
 
 def _response_headers(

@@ -91,12 +91,25 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class Reject:
-    """The request is refused with this HTTP status."""
+    """The request is refused with this HTTP status.
+
+    Every transport sends the same answer: ``body`` (a fixed phrase: request bytes are never
+    reflected; ``reason`` is for the logs) as ``text/plain; charset=utf-8``, with
+    ``response_headers``.
+    """
 
     status: int
     reason: str
     path: str | None = None
     headers: Headers = ()
+
+    @property
+    def body(self) -> bytes:
+        return f"{self.status} {_phrase(self.status)}\n".encode("ascii")
+
+    @property
+    def response_headers(self) -> Headers:
+        return ((b"X-Content-Type-Options", b"nosniff"), *self.headers)
 
 
 def _authorized(token: str, query: str, headers: Headers) -> bool:
@@ -152,12 +165,6 @@ def route_request(
     return Route(path, parts.query)
 
 
-_TEXT_HEADERS = [
-    (b"Content-Type", b"text/plain; charset=utf-8"),
-    (b"X-Content-Type-Options", b"nosniff"),
-]
-
-
 def _phrase(status: int) -> str:
     try:
         return http.HTTPStatus(status).phrase
@@ -209,6 +216,7 @@ class ServerConnection:
         self._closing_since_ms = now_ms
         self._close_code: tuple[int, str] | None = None
         self._discard_input = False
+        self._http_bytes = 0
 
     # ------------------------------------------------------------------ public API
 
@@ -296,15 +304,14 @@ class ServerConnection:
         path: str | None = None,
         headers: list[tuple[bytes, bytes]] | None = None,
     ) -> list[Event]:
-        # The body is a fixed phrase: request bytes are never reflected (the reason, with the
-        # details, goes to the event for the logs).
-        body = f"{status} {_phrase(status)}\n".encode("ascii")
-        all_headers = [*_TEXT_HEADERS, *(headers or [])]
-        self._out += _response(status, all_headers, body)
+        refusal = Reject(status, reason, path, tuple(headers or ()))
+        all_headers = [(b"Content-Type", b"text/plain; charset=utf-8"), *refusal.response_headers]
+        self._out += _response(status, all_headers, refusal.body)
         self.state = ConnectionState.CLOSED
         return [HTTPRejected(status, reason, path)]
 
     def _receive_http(self, data: bytes, now_ms: int) -> list[Event]:
+        self._http_bytes += len(data)
         try:
             self._h11.receive_data(data)
             event = self._h11.next_event()
@@ -316,9 +323,8 @@ class ServerConnection:
             self.state = ConnectionState.CLOSED
             return []
         # h11 bounds an incomplete head only; a whole one that came in one read is measured
-        # here (request line and header lines, as received).
-        head = len(event.method) + len(event.target) + 12
-        head += sum(len(name) + len(value) + 4 for name, value in event.headers.raw_items())
+        # here, in raw bytes as received, so the answer does not depend on the reads.
+        head = self._http_bytes - len(self._h11.trailing_data[0])
         if head > self.config.max_request_head:
             return self._reject(431, f"request head over {self.config.max_request_head} bytes")
         return self._route(event, now_ms)
