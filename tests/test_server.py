@@ -154,12 +154,6 @@ def test_a_request_head_of_exactly_the_limit_is_accepted() -> None:
     accept(data, ServerConfig(max_request_head=len(data)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: the one-read 431 check measures the head from h11's parsed fields, "
-    "without the final CRLF and header whitespace, so near the limit the answer still "
-    "depends on how the reads were split (h11 counts raw buffered bytes)",
-)
 @pytest.mark.parametrize("padding", ["p" * 50, "p" * 50 + "   "], ids=["plain", "trailing-ows"])
 def test_the_431_limit_does_not_depend_on_how_the_reads_split_the_head(padding: str) -> None:
     data = upgrade_request(extra=[("X-Padding", padding)])
