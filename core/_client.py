@@ -122,7 +122,11 @@ class BotConnection:
             raise LocalProtocolError(f"cannot send in state {self.state.name}")
 
     def send_json(self, message: Mapping[str, Any]) -> None:
-        self.send_text(json.dumps(message, separators=(",", ":")))
+        try:
+            text = json.dumps(message, separators=(",", ":"), allow_nan=False)
+        except ValueError as exc:  # NaN or infinity: not JSON, a receiver would refuse it
+            raise LocalProtocolError(f"cannot send as JSON: {exc}") from None
+        self.send_text(text)
 
     def send_text(self, text: str, *, final: bool = True) -> None:
         self._require_open()

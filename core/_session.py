@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -109,7 +110,17 @@ def _is_int(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A JSON number we can use: ints, and finite floats (``1e999`` parses to infinity)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _echoable(value: object) -> bool:
+    """Whether a ping field can go back in the pong as strict JSON, as it came."""
+    return not isinstance(value, (list, dict)) and not (
+        isinstance(value, float) and not math.isfinite(value)
+    )
 
 
 class Session:
@@ -271,13 +282,15 @@ class Session:
             pong["bot_id"] = bot_id
         events: list[Event] = []
         try:
-            text = json.dumps(pong, separators=(",", ":"))
-        except (ValueError, RecursionError):  # nested too deep to encode again
+            text = json.dumps(pong, separators=(",", ":"), allow_nan=False)
+        except (ValueError, RecursionError):  # nested too deep, or a number JSON cannot hold
             events.append(
-                ProtocolWarning(WarningKind.BAD_FIELD, "ping fields too deeply nested to echo")
+                ProtocolWarning(
+                    WarningKind.BAD_FIELD, "ping fields that cannot be echoed as JSON: left out"
+                )
             )
-            scalar = {k: v for k, v in pong.items() if not isinstance(v, (list, dict))}
-            text = json.dumps(scalar, separators=(",", ":"))
+            echoable = {k: v for k, v in pong.items() if _echoable(v)}
+            text = json.dumps(echoable, separators=(",", ":"), allow_nan=False)
         self._outgoing.append(text)
 
         seq = message.get("seq")

@@ -47,11 +47,19 @@ def open_bot() -> BotConnection:
 def switching_protocols(bot: BotConnection, extra: bytes = b"") -> bytes:
     """A 101 answering the handshake request the bot queued, with the right accept token."""
     request = bot.data_to_send()
-    (key,) = [line.split(b": ")[1] for line in request.split(b"\r\n")
-              if line.lower().startswith(b"sec-websocket-key:")]
+    (key,) = [
+        line.split(b": ")[1]
+        for line in request.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    ]
     accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
-    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            + extra + b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        + extra
+        + b"Sec-WebSocket-Accept: "
+        + accept
+        + b"\r\n\r\n"
+    )
 
 
 def from_server(opcode: int, payload: bytes = b"", **kwargs: Any) -> bytes:
@@ -237,8 +245,11 @@ def test_a_hand_made_101_is_accepted() -> None:
 
 @pytest.mark.parametrize(
     "header",
-    [b"Connection: close\xff\r\n", b"Sec-WebSocket-Extensions: \xff\r\n",
-     b"Sec-WebSocket-Protocol: \xff\r\n"],
+    [
+        b"Connection: close\xff\r\n",
+        b"Sec-WebSocket-Extensions: \xff\r\n",
+        b"Sec-WebSocket-Protocol: \xff\r\n",
+    ],
     ids=["connection", "extensions", "protocol"],
 )
 def test_a_101_with_an_undecodable_header_is_bot_closed_1002(header: bytes) -> None:
@@ -563,3 +574,9 @@ def test_the_close_frame_from_the_receiver_is_read_with_read_frames() -> None:
     pair.server.close(1001, now_ms=NOW)
     (close,) = read_frames(pair.server.data_to_send())
     assert close.close_code == 1001
+
+
+def test_sending_a_number_json_cannot_hold_is_a_local_error() -> None:
+    bot = open_bot()
+    with pytest.raises(LocalProtocolError):
+        bot.send_ping(1, float("nan"))

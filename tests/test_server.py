@@ -371,6 +371,28 @@ def test_send_response_without_a_pending_request_raises(state: str) -> None:
         conn.send_response(200)
 
 
+def test_a_reject_carries_a_fixed_body_that_never_reflects_the_request() -> None:
+    refusal = Reject(404, "no WebSocket endpoint at /<script>", "/<script>")
+    assert refusal.body == b"404 Not Found\n"
+    assert Reject(599, "odd").body == b"599 \n"
+
+
+def test_a_reject_answers_with_nosniff_then_its_own_headers() -> None:
+    refusal = Reject(405, "no", headers=((b"Allow", b"GET"),))
+    assert refusal.response_headers == ((b"X-Content-Type-Options", b"nosniff"), (b"Allow", b"GET"))
+
+
+def test_the_server_sends_exactly_what_route_request_decided() -> None:
+    config = ServerConfig(path="/v")
+    refusal = route_request(config, "GET", "/x", ((b"upgrade", b"websocket"),))
+    assert isinstance(refusal, Reject)
+    _, response = reject(upgrade_request("/x"), config)
+    head, body = response.split(b"\r\n\r\n", 1)
+    assert body == refusal.body
+    for name, value in refusal.response_headers:
+        assert b"\r\n" + name + b": " + value in head
+
+
 def test_route_request_sends_an_upgrade_to_the_websocket_with_its_query() -> None:
     route = route_request(ServerConfig(), "GET", "/v?a=b", ((b"upgrade", b"WebSocket"),))
     assert route == Route("/v", "a=b")

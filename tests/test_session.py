@@ -160,8 +160,9 @@ def test_ping_without_bot_id_gets_the_bot_id_of_the_start() -> None:
 
 def test_ping_with_a_null_bot_id_gets_the_bot_id_of_the_start() -> None:
     session = started(bot_id="from-start")
-    (event,) = send(session, {"type": "video_latency_ping", "seq": 1, "sent_at_ms": 5,
-                              "bot_id": None})
+    (event,) = send(
+        session, {"type": "video_latency_ping", "seq": 1, "sent_at_ms": 5, "bot_id": None}
+    )
     assert event == LatencyPing(1, 5, NOW, "from-start")
     assert pong(session)["bot_id"] == "from-start"
 
@@ -272,11 +273,41 @@ def test_no_nesting_depth_of_a_warned_field_makes_receive_text_raise(template: s
         session.receive_text(template.format(_nested(depth)), NOW)
 
 
-def test_no_nesting_depth_of_a_ping_seq_makes_receive_text_raise() -> None:
+def test_a_ping_at_any_nesting_depth_is_either_invalid_json_or_gets_one_pong() -> None:
+    # json.loads accepts nesting up to about the recursion limit, and encoding the pong needs
+    # a little more depth than decoding the ping did: near the limit the seq cannot be echoed.
     limit = sys.getrecursionlimit()
+    echoed = not_echoed = 0
     for depth in range(limit - 200, limit + 10):
-        text = '{"type": "video_latency_ping", "seq": ' + _nested(depth) + "}"
-        Session().receive_text(text, NOW)
+        session = started()
+        text = '{"type": "video_latency_ping", "seq": ' + _nested(depth) + ', "sent_at_ms": 5}'
+        events = session.receive_text(text, NOW)
+        if warnings(events) == [WarningKind.INVALID_JSON]:
+            assert session.messages_to_send() == []
+            continue
+        assert of_type(events, LatencyPing) == [LatencyPing(None, 5, NOW, "bot-123")]
+        answer = pong(session)
+        assert answer["sent_at_ms"] == 5
+        if "seq" in answer:
+            echoed += 1
+        else:  # the fields that can be echoed are, with a warning for the one that cannot
+            not_echoed += 1
+            assert WarningKind.BAD_FIELD in warnings(events)
+    assert echoed > 0
+
+
+def test_a_warning_about_a_huge_field_value_stays_short() -> None:
+    session = started()
+    events = send(session, {"type": "video_latency_ping", "seq": "x" * 100_000, "sent_at_ms": 1})
+    (warning,) = of_type(events, ProtocolWarning)
+    assert len(warning.message) < 200
+    assert pong(session)["seq"] == "x" * 100_000  # the echo itself is exact
+
+
+def test_a_warning_about_a_huge_start_field_stays_short() -> None:
+    events = send(Session(), {**START, "width": list(range(100_000))})
+    (warning,) = of_type(events, ProtocolWarning)
+    assert len(warning.message) < 200
 
 
 # ---------------------------------------------------------------------------- pings
@@ -501,6 +532,29 @@ def test_a_number_too_big_for_a_float_is_a_bad_field_not_a_crash(message: Any) -
     session = started() if message["type"] == "video_stream_end" else Session()
     events = send(session, message)
     assert warnings(events) == [WarningKind.BAD_FIELD]
+
+
+def strict_json(text: str) -> Any:
+    """Parse as RFC 8259 JSON: NaN and Infinity are not JSON."""
+    return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in {text}"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type": "video_latency_ping", "seq": 1, "sent_at_ms": 1e999}',
+        '{"type": "video_latency_ping", "seq": -1e999, "sent_at_ms": 5}',
+        '{"type": "video_latency_ping", "seq": 1, "sent_at_ms": 5, "bot_id": 1e999}',
+    ],
+    ids=["sent_at_ms", "seq", "bot_id"],
+)
+def test_a_pong_is_always_strict_json(text: str) -> None:
+    # Either fix will do: refuse 1e999 as JSON like the NaN/Infinity literals (no pong), or
+    # answer without the field that cannot be echoed.
+    session = started()
+    session.receive_text(text, NOW)
+    for message in session.messages_to_send():
+        assert strict_json(message)["type"] == "video_latency_pong"
 
 
 def test_binary_after_end_is_warned_once_and_held_for_the_next_stream() -> None:
