@@ -83,13 +83,16 @@ class _Lines:
 # ---------------------------------------------------------------- the doc shows the files
 
 
-@pytest.mark.parametrize("name", ADAPTERS)
-def test_doc_block_is_the_file(name: str) -> None:
+SHOWN_FILES = [f"handler_{name}.py" for name in ADAPTERS] + ["media_to_files.py"]
+
+
+@pytest.mark.parametrize("file", SHOWN_FILES)
+def test_doc_block_is_the_file(file: str) -> None:
     text = (DOCS / "adapters.md").read_text(encoding="utf-8")
-    marker = re.escape(f"<!-- the block below is docs/examples/handler_{name}.py")
+    marker = re.escape(f"<!-- the block below is docs/examples/{file}")
     blocks = re.findall(marker + r"[^>]*-->\n```python\n(.*?)```\n", text, re.DOTALL)
-    assert len(blocks) == 1, f"adapters.md should show handler_{name}.py exactly once"
-    assert blocks[0] == _example(name).read_text(encoding="utf-8")
+    assert len(blocks) == 1, f"adapters.md should show {file} exactly once"
+    assert blocks[0] == (DOCS / "examples" / file).read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------- the files run
