@@ -1,4 +1,5 @@
-"""The ``meetstream-live`` command: ``serve``, ``simulate``, ``check`` and ``create-bot``.
+"""The ``meetstream-live`` command: ``serve``, ``verify``, ``recover``, ``simulate``, ``check``
+and ``create-bot``.
 
 Run ``meetstream-live COMMAND --help`` (or ``python -m meetstream_live.adapters.cli``) for the
 options of each command.
@@ -30,6 +31,8 @@ from typing import Any, NoReturn
 from meetstream_live import ServerConfig, __version__, parse_ws_url
 
 from ._common import HandlerFactory, ServerOptions
+from .diskguard import DiskGuard, apply_retention
+from .hooks import HookRunner, Journal
 from .metrics import HTTP_PATHS, Metrics
 from .recorder import FinishedRecording, Recorder, recover
 
@@ -207,20 +210,53 @@ def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     return context
 
 
+def _disk_size(text: str) -> int:
+    """``500m``, ``2g``, ``1.5GiB``, ``10737418240``... -> bytes."""
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    match = re.match(r"^\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?\s*$", text, re.IGNORECASE)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 500m, 2g, 1t)")
+    return int(float(match.group(1)) * units[match.group(2).lower()])
+
+
+def _disk_guard(args: argparse.Namespace, output: Path, metrics: Metrics) -> DiskGuard | None:
+    """The free-space guard of ``serve``; refuses to start below the low watermark."""
+    if not args.disk_low:
+        return None
+    guard = DiskGuard(output, low_bytes=args.disk_low, high_bytes=args.disk_high,
+                      metrics=metrics)
+    if guard.check():
+        raise UsageError(
+            f"only {guard.last_free} bytes free under {str(output)!r}, below --disk-low "
+            f"({args.disk_low}): free some space or lower --disk-low"
+        )
+    return guard
+
+
 def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     output = Path(args.output)
     _check_writable(output)
     run = _adapter_run(args.adapter)
     context = _tls_context(args.tls_cert, args.tls_key)
     token = args.token or environ.get("MEETSTREAM_LIVE_TOKEN") or None
-    hooks = FinishHooks(args.on_finish) if args.on_finish else None
     _setup_logging(args.log_format, args.log_level)
     metrics = Metrics()
+    guard = _disk_guard(args, output, metrics)
+    names = HookRunner.hooks_for(args.on_finish, args.webhook)
+    journal = Journal(output, names)
+    try:
+        runner = HookRunner(journal, command=args.on_finish, webhook=args.webhook,
+                            metrics=metrics) if names else None
+    except ValueError:
+        raise UsageError("--on-finish: empty command") from None
+    if runner is not None:
+        runner.start()  # runs what a previous run journaled and did not finish
+    recorder: Recorder | None = None
 
     try:
-        for recording in recover(output, metrics=metrics):
-            if hooks is not None:
-                hooks(recording)
+        recover(output, metrics=metrics, journal=journal if names else None, index=args.index)
+        if args.keep_days is not None or args.max_total_size is not None:
+            apply_retention(output, keep_days=args.keep_days, max_total_bytes=args.max_total_size)
         config = ServerConfig(
             path=args.path,
             token=token,
@@ -236,9 +272,12 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             http_handler=metrics.http_handler,
             observer=metrics.observe,
         )
-        factory: HandlerFactory = Recorder(
-            output, rotate_every=args.rotate_every, on_finish=hooks, metrics=metrics
+        recorder = Recorder(
+            output, rotate_every=args.rotate_every, metrics=metrics,
+            reconnect_grace=args.reconnect_grace or 0.0, index=args.index, disk_guard=guard,
+            journal=journal if names else None,
         )
+        factory: HandlerFactory = recorder
         scheme = "wss" if context is not None else "ws"
         host = args.host
 
@@ -256,9 +295,50 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             log.error("cannot serve on %s:%d: %s", host, args.port, exc.strerror or exc)
             return 1
     finally:
-        if hooks is not None:
-            hooks.close()
+        if recorder is not None:
+            recorder.close()  # parts still waiting for a reconnect are finalized now
+        if runner is not None:
+            runner.close()
     log.info("stopped")
+    return 0
+
+
+# ---------------------------------------------------------------------------- verify, recover
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .verify import COMPLETE, format_report, verify_file
+
+    status = 0
+    for name in args.files:
+        try:
+            report = verify_file(name)
+        except OSError as exc:
+            print(f"{name}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+            status = 2
+            continue
+        if args.json:
+            print(json.dumps({"file": str(report.path), "size": report.size,
+                              "verdict": report.verdict, "plain_mp4": report.plain_mp4,
+                              "parts": report.parts}))
+        else:
+            print(format_report(report))
+        if report.verdict != COMPLETE and status == 0:
+            status = 1
+    return status
+
+
+def _recover(args: argparse.Namespace) -> int:
+    directory = Path(args.directory)
+    if not directory.is_dir():
+        raise UsageError(f"not a directory: {args.directory!r}")
+    _setup_logging("text", "warning")
+    done = recover(directory, index=args.index)
+    for recording in done:
+        doc = recording.sidecar
+        print(f"{recording.path}: recovered, {doc['bytes']} bytes, {doc['fragments']} "
+              f"fragments, cut {doc.get('recovered_cut_bytes', 0)} bytes")
+    print(f"{len(done)} recording(s) recovered")
     return 0
 
 
@@ -491,11 +571,53 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
               "boundaries: <stem>_part001.mp4, <stem>_part002.mp4..., each playable alone")
     serve.add_argument("--on-finish", metavar="CMD",
                        help="for each finished recording run CMD MP4 JSON (split like a shell "
-                       "would, run without one; off the event loop; exit status logged)")
+                       "would, run without one; off the event loop); journaled first under "
+                       "OUTPUT/.hooks/ and retried with backoff until it exits 0, across "
+                       "restarts too")
+    serve.add_argument("--webhook", metavar="URL",
+                       help="POST each finished recording's sidecar JSON to URL (journaled and "
+                       "retried like --on-finish until a 2xx answer)")
+    _duration(serve, "--reconnect-grace", "90s",
+              "keep a stream's part open this long after its connection drops, for the same "
+              "bot_id + speaker to reconnect and continue it; 0 to finalize at once",
+              never=True)
+    serve.add_argument("--index", action="store_true",
+                       help="on finalize, write the real duration into the moov and append an "
+                       "mfra index (the file is then no longer the stream byte for byte)")
+    serve.add_argument("--disk-low", type=_disk_size, default="100m", metavar="SIZE",
+                       help="below this much free space, stop writing (connections and pings "
+                       "go on; losses are recorded); refuse to start below it; 0 to disable")
+    serve.add_argument("--disk-high", type=_disk_size, default=None, metavar="SIZE",
+                       help="resume writing above this much free space (default: 2 x "
+                       "--disk-low)")
+    serve.add_argument("--keep-days", type=float, default=None, metavar="DAYS",
+                       help="at start, delete finished recordings older than this")
+    serve.add_argument("--max-total-size", type=_disk_size, default=None, metavar="SIZE",
+                       help="at start, delete the oldest finished recordings above this total")
     serve.add_argument("--log-format", choices=("text", "json"), default="text",
                        help="log lines (stderr) as text or one JSON object each")
     serve.add_argument("--log-level", default="info",
                        choices=("debug", "info", "warning", "error"), help="log level")
+
+    ver = commands.add_parser(
+        "verify", help="report the completeness of fMP4/MP4 files", formatter_class=_Help,
+        description="Scan each FILE (fragmented or plain MP4) and print its completeness: "
+        "fragments, dropped fragments (mfhd sequence gaps), timeline gaps per track (tfdt), "
+        "a torn tail, and a verdict: complete, gaps or truncated. Exits 0 when every file is "
+        "complete, 1 otherwise (2 if a file cannot be read).",
+    )
+    ver.add_argument("files", nargs="+", metavar="FILE", help="files to check")
+    ver.add_argument("--json", action="store_true", help="one JSON report per line")
+
+    rec = commands.add_parser(
+        "recover", help="finish the .part files a crash left behind", formatter_class=_Help,
+        description="Under DIR, cut each unfinished .mp4.part back to its last complete "
+        "fragment, rename it and write its sidecar (end_reason crash, verdict truncated), as "
+        "'serve' does at start. Run it only while no receiver writes to DIR.",
+    )
+    rec.add_argument("directory", metavar="DIR", help="the recordings directory")
+    rec.add_argument("--index", action="store_true",
+                     help="also write durations and an mfra index into the recovered files")
 
     sim = commands.add_parser(
         "simulate", help="play MeetStream bots against a receiver", formatter_class=_Help,
@@ -556,6 +678,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "serve":
             return _serve(args, environ)
+        if args.command == "verify":
+            return _verify(args)
+        if args.command == "recover":
+            return _recover(args)
         if args.command in ("simulate", "check"):
             args.token = args.token or environ.get("MEETSTREAM_LIVE_TOKEN") or None
             return _simulate(args) if args.command == "simulate" else _check(args)

@@ -261,6 +261,56 @@ class Metrics:
             label="kind",
             initial=("disk", "handler"),
         )
+        # Completeness of the recordings (issue 7), reported by the recorder.
+        self.verdicts = Counter(
+            f"{p}_recording_verdicts",
+            "Recordings (parts) finalized, by verdict (complete, gaps, truncated).",
+            lock,
+            label="verdict",
+            initial=("complete", "gaps", "truncated"),
+        )
+        self.dropped_fragments = Counter(
+            f"{p}_recording_dropped_fragments",
+            "Fragments missing from recordings (gaps in the mfhd sequence numbers).",
+            lock,
+        )
+        self.timeline_gaps = Counter(
+            f"{p}_recording_timeline_gap_seconds",
+            "Media time missing from recordings (tfdt jumps), by track handler.",
+            lock,
+            label="track",
+        )
+        self.reconnects = Counter(
+            f"{p}_recording_reconnects",
+            "Streams that came back within the reconnect grace window, by outcome "
+            "(appended to the same part, or a new part).",
+            lock,
+            label="outcome",
+            initial=("appended", "new_part"),
+        )
+        self.recording_lost = Counter(
+            f"{p}_recording_losses",
+            "What recordings lost, by kind (superseded: streams replaced by a newer "
+            "connection; superseded_bytes, disk_bytes: bytes not written; disk_full: streams "
+            "stopped by a full disk).",
+            lock,
+            label="kind",
+        )
+        self.disk_low = Gauge(
+            f"{p}_disk_low",
+            "1 while free space is below the low watermark and recordings are not written.",
+            lock,
+        )
+        self.hooks = Counter(
+            f"{p}_hook_runs",
+            "Post-processing hook runs, by outcome (ok, failed: retried later).",
+            lock,
+            label="outcome",
+            initial=("ok", "failed"),
+        )
+        self.hooks_pending = Gauge(
+            f"{p}_hooks_pending", "Journaled hook runs not done yet.", lock
+        )
         self._all: tuple[_Metric, ...] = (
             self.connections_active,
             self.connections,
@@ -277,6 +327,14 @@ class Metrics:
             self.recorded_bytes,
             self.recording_warnings,
             self.errors,
+            self.verdicts,
+            self.dropped_fragments,
+            self.timeline_gaps,
+            self.reconnects,
+            self.recording_lost,
+            self.disk_low,
+            self.hooks,
+            self.hooks_pending,
         )
 
     # ------------------------------------------------------------------ feeding

@@ -24,17 +24,19 @@ See ``docs/recording.md``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import statistics
+import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meetstream_live import (
     BoxSeen,
@@ -43,6 +45,7 @@ from meetstream_live import (
     Fmp4Event,
     Fmp4Scanner,
     FragmentComplete,
+    InitSegment,
     LatencyPing,
     Malformed,
     MediaChunk,
@@ -54,6 +57,12 @@ from meetstream_live import (
 
 from ._common import ConnectionInfo, Handler, now_ms
 from .metrics import Metrics
+from .mp4index import FragmentEntry, finish_index
+from .verify import COMPLETE, GAPS, TRUNCATED, Completeness, worst
+
+if TYPE_CHECKING:
+    from .diskguard import DiskGuard
+    from .hooks import Journal
 
 __all__ = [
     "FinishedRecording",
@@ -67,7 +76,7 @@ __all__ = [
 log = logging.getLogger("meetstream_live.recorder")
 
 #: Sidecar format version; bumped when a field changes meaning.
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2
 #: Longest path component made from a bot's strings, in characters and in UTF-8 bytes.
 MAX_NAME_CHARS = 100
 MAX_NAME_BYTES = 200
@@ -159,8 +168,15 @@ def _fsync_dir(directory: Path) -> None:
 
 def _create(path: Path) -> int:
     """Open a new file for writing; ``FileExistsError`` if anything is there already."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     return os.open(path, flags, 0o644)
+
+
+def _reopen(path: Path) -> int:
+    """Open one of our ``.part`` files again, positioned at its end."""
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    os.lseek(fd, 0, os.SEEK_END)
+    return fd
 
 
 def _write_new(path: Path, data: bytes) -> None:
@@ -169,8 +185,12 @@ def _write_new(path: Path, data: bytes) -> None:
     try:
         _write_all(fd, data)
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # never leave a half-written file behind
+        raise
+    os.close(fd)
 
 
 def _rename_noreplace(source: Path, target: Path) -> None:
@@ -245,6 +265,8 @@ class _MediaMeter:
         self.scanner = Fmp4Scanner()
         self.fragments = 0
         self.seconds = 0.0
+        self.completeness = Completeness()
+        self.entries: list[FragmentEntry] = []
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Fmp4Event]:
         return self._count(self.scanner.feed(data))
@@ -288,18 +310,43 @@ class FinishedRecording:
 
 FinishCallback = Callable[[FinishedRecording], None]
 
+_NO_INFO = ConnectionInfo("", "", "", (), False)
+#: Bytes a reconnected stream may hold back while we decide whether it continues.
+MAX_DECIDING_BYTES = 32 * 1024 * 1024
+
+#: ``end_reason`` values of a part that goes on in the next part of the same session.
+CONTINUED = frozenset({"rotated", "new_init"})
+#: ``end_reason`` values after which a stream may come back (a reconnect) within the grace.
+_MAY_RECONNECT = frozenset({"closed", "idle_timeout"})
+
+
+def end_reason(code: int | None, reason: str | None) -> str:
+    """The sidecar's ``end_reason`` for a connection that ended with the stream open."""
+    if code == 1001 and reason == "idle timeout":
+        return "idle_timeout"
+    if code == 1001 and reason == "server shutting down":
+        return "server_shutdown"
+    if code == 1011:
+        return "handler_error"
+    return "closed"
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
 
 class _Piece:
-    """One output file being written (a whole stream, or one piece of a rotated stream)."""
+    """One output file (a part of a session) being written."""
 
     def __init__(
-        self, directory: Path, stem: str, fd: int, started_ms: int, number: int | None
+        self, directory: Path, stem: str, fd: int, started_ms: int, number: int, why: str
     ) -> None:
         self.directory = directory
         self.stem = stem
         self.fd: int | None = fd
         self.started_ms = started_ms
         self.number = number
+        self.why = why  # what started it: start, rotated, new_init, reconnect, superseded
         self.bytes = 0
         self.fragments = 0
         self.media_seconds = 0.0
@@ -307,6 +354,18 @@ class _Piece:
         self.latencies: list[float] = []
         self.warnings: list[dict[str, str]] = []
         self.warnings_dropped = 0
+        self.completeness = Completeness()
+        self.connections = 1
+        self.reconnects: list[dict[str, Any]] = []
+        self.lost_bytes = 0  # not written: disk low (guard) or disk full
+        self.lost_fragments = 0
+        self.discarded_tail_bytes = 0  # a torn fragment dropped when a reconnect appended
+        self.ignored_bytes = 0  # arrived after the stream was superseded
+        self.torn_tail_bytes = 0
+        self.index: list[FragmentEntry] = []  # where each fragment is in this file
+        self.base_offset = 0  # file offset of stream offset 0 (set per connection)
+        self.indexed = False
+        self.owner: tuple[StreamStarted | None, ConnectionInfo] = (None, _NO_INFO)
 
     @property
     def part_path(self) -> Path:
@@ -314,7 +373,13 @@ class _Piece:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         assert self.fd is not None
-        _write_all(self.fd, data)
+        try:
+            _write_all(self.fd, data)
+        except OSError:
+            # What did land is on disk: count it (the sidecar says how much was kept).
+            with contextlib.suppress(OSError):
+                self.bytes = os.fstat(self.fd).st_size
+            raise
         self.bytes += len(data)
 
     def warn(self, source: str, kind: str, message: str) -> None:
@@ -333,154 +398,519 @@ class _Piece:
         }
 
 
+class _Session:
+    """One logical recording: the streams of one ``(bot_id, speaker)`` key, over reconnects.
+
+    Its parts are numbered files; ``<base>.session.json`` (the manifest) lists them in order.
+    ``lock`` serializes every stream of the session, whatever connection (thread) it is on.
+    """
+
+    def __init__(self, recorder: Recorder, key: tuple[str, str] | None, directory: Path) -> None:
+        self.recorder = recorder
+        self.key = key
+        self.directory = directory
+        self.lock = threading.RLock()
+        self.base: str | None = None
+        self.started_ms: int | None = None
+        self.next_number = 1
+        self.parts: list[dict[str, Any]] = []
+        self.active: _Stream | None = None
+        self.connections = 0
+        # After an unclean disconnect, within the grace window: the open part, not finalized.
+        self.dormant: _Piece | None = None
+        self.dormant_tail = b""
+        self.dormant_dirty = False
+        self.dormant_since = 0
+        self.dormant_init: bytes | None = None
+        self.dormant_close: tuple[int | None, str | None] = (None, None)
+        self.timer: threading.Timer | None = None
+        self.over = False
+
+    @property
+    def manifest_path(self) -> Path | None:
+        return None if self.base is None else self.directory / f"{self.base}.session.json"
+
+    def stems(self, number: int) -> Callable[[int], str]:
+        """Candidate stems for part ``number``."""
+        rotating = self.recorder.rotate_every is not None
+        if self.base is None:
+            first = _utc_stamp(self.started_ms or self.recorder.clock())
+
+            def stems(n: int) -> str:
+                return f"{_numbered(first)(n)}_part001" if rotating else _numbered(first)(n)
+
+            return stems
+        return _numbered(f"{self.base}_part{number:03d}")
+
+    def open_piece(self, why: str) -> _Piece:
+        now = self.recorder.clock()
+        if self.started_ms is None:
+            self.started_ms = now
+        number = self.next_number
+        stem, fd = _reserve(self.directory, self.stems(number))
+        if self.base is None:
+            self.base = stem.removesuffix("_part001")
+        self.next_number += 1
+        piece = _Piece(self.directory, stem, fd, now, number, why)
+        self.parts.append({"part": number, "file": f"{stem}.mp4", "started_by": why,
+                           "state": "recording"})
+        return piece
+
+    def write_manifest(self) -> None:
+        path = self.manifest_path
+        if path is None:
+            return
+        verdicts = [p.get("verdict") for p in self.parts if p.get("verdict")]
+        recording = self.active is not None or self.dormant is not None
+        document = {
+            "version": SIDECAR_VERSION,
+            "bot_id": self.key[0] if self.key else None,
+            "speaker": self.key[1] if self.key else None,
+            "started_at": _iso(self.started_ms),
+            "connections": self.connections,
+            "state": "recording" if recording else "finished",
+            "verdict": None if recording else worst(v for v in verdicts if isinstance(v, str)),
+            "parts": self.parts,
+        }
+        _replace_json(path, document)
+
+    def part_done(self, recording: FinishedRecording) -> None:
+        doc = recording.sidecar
+        for entry in self.parts:
+            if entry["file"] == recording.path.name:
+                entry.update(
+                    state="finished", sidecar=recording.sidecar_path.name,
+                    verdict=doc["verdict"], end_reason=doc["end_reason"], bytes=doc["bytes"],
+                    fragments=doc["fragments"],
+                    media_duration_seconds=doc["media_duration_seconds"],
+                    ended_at=doc["ended_at"],
+                )
+
+    # ------------------------------------------------------------------ the grace window
+
+    def go_dormant(self, stream: _Stream, code: int | None, reason: str | None) -> None:
+        """Keep the part open for a reconnect: written up to its last complete fragment, the
+        torn rest in memory, the file descriptor closed."""
+        piece = stream.piece
+        assert piece is not None and piece.fd is not None
+        stream.flush_complete()
+        # Part of a torn fragment already in the file (fragments larger than the write
+        # buffer): appending after it would break the file, so a reconnect gets a new part.
+        self.dormant_dirty = stream.pending_start > stream.meter.scanner.last_complete_fragment_end
+        self.dormant_tail = bytes(stream.pending)
+        stream.pending.clear()
+        os.fsync(piece.fd)
+        os.close(piece.fd)
+        piece.fd = None
+        self.dormant = piece
+        self.dormant_since = self.recorder.clock()
+        init = stream.meter.scanner.init_segment
+        self.dormant_init = init.data if init is not None else None
+        self.dormant_close = (code, reason)
+        self.active = None
+        self.write_manifest()
+        grace = self.recorder.reconnect_grace
+        timer = threading.Timer(grace, self.expire, args=(piece,))
+        timer.daemon = True
+        self.timer = timer
+        timer.start()
+        log.info("recording paused %s: waiting %.0fs for a reconnect", piece.part_path, grace)
+
+    def expire(self, piece: _Piece | None = None, *, keep: bool = False) -> None:
+        """The grace window is over (or the recorder closes): finalize the dormant part."""
+        with self.lock:
+            dormant = self.dormant
+            if dormant is None or (piece is not None and dormant is not piece):
+                return
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self.dormant = None
+            code, reason = self.dormant_close
+            try:
+                dormant.fd = _reopen(dormant.part_path)
+                if self.dormant_tail:
+                    dormant.write(self.dormant_tail)
+                    dormant.torn_tail_bytes = len(self.dormant_tail)
+                self.dormant_tail = b""
+                self.recorder.finalize(
+                    self, dormant, end="disconnect", reason=end_reason(code, reason),
+                    clean=False, code=code, close_reason=reason,
+                )
+            except OSError as exc:
+                log.error("could not finalize %s: %r", dormant.part_path, exc)
+                if dormant.fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(dormant.fd)
+                    dormant.fd = None
+            if not keep:
+                self.end()
+
+    def end(self) -> None:
+        """No more parts: write the final manifest, forget the key."""
+        if self.active is not None or self.dormant is not None or self.over:
+            return
+        self.over = True
+        with contextlib.suppress(OSError):
+            self.write_manifest()
+        self.recorder.forget(self)
+
+
 class _Stream:
-    """One stream (from ``video_stream_start``, or orphan bytes) being recorded."""
+    """One stream (from ``video_stream_start``, or orphan bytes) of one connection."""
 
     def __init__(
         self,
         recorder: Recorder,
         info: ConnectionInfo,
         start: StreamStarted | None,
-        started_ms: int,
+        session: _Session,
+        *,
+        why: str = "start",
+        adopt: bool = False,
     ) -> None:
         self.recorder = recorder
         self.info = info
         self.start = start
+        self.session = session
         self.speaker = (start.speaker_id or start.speaker_name) if start is not None else None
         self.meter = _MediaMeter()
         self.init_checked = False
         self.rotation_blocked = False
+        self.collecting_init = True  # before the first moof / after a new ftyp or moov
         self.position = 0  # stream offset of the next byte to arrive
-        self._pending = bytearray()
-        self._pending_start = 0  # stream offset of _pending[0]
+        self.pending = bytearray()
+        self.pending_start = 0  # stream offset of pending[0]
         self._cut: int | None = None  # where the current piece ends, once known
-        bot = safe_name(start.bot_id) if start is not None else "unknown"
-        directory = recorder.root / bot
-        if self.speaker:
-            directory /= safe_name(self.speaker)
-        self.directory = _inside(recorder.root, directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.directory = _inside(recorder.root, self.directory)
+        self.superseded = False
+        self.disk_full = False
+        self.paused = False  # the disk guard stopped writing
         self.finished: list[FinishedRecording] = []
-        self.base = _utc_stamp(started_ms)
-        rotating = recorder.rotate_every is not None
-        self.piece = self._open(1 if rotating else None, started_ms)
-        if rotating:
-            self.base = self.piece.stem.removesuffix("_part001")
+        # A reconnect: bytes and events wait here until we know whether the stream continues
+        # the dormant part (append) or starts a new one.
+        self.deciding = adopt
+        self.held: list[Fmp4Event] = []
+        self.piece: _Piece | None = None
+        if not adopt:
+            self._new_piece(why)
 
     # ------------------------------------------------------------------ pieces
 
-    def _open(self, number: int | None, started_ms: int) -> _Piece:
-        base = self.base
-        if number is None:
-            stems = _numbered(base)
-        elif number == 1:
-            # The collision number belongs to the stream, before the piece number.
-            def stems(n: int) -> str:
-                return f"{_numbered(base)(n)}_part001"
-        else:
-            stems = _numbered(f"{base}_part{number:03d}")
-        stem, fd = _reserve(self.directory, stems)
-        piece = _Piece(self.directory, stem, fd, started_ms, number)
+    def _new_piece(self, why: str) -> None:
+        session = self.session
+        piece = session.open_piece(why)
+        piece.base_offset = -self.pending_start
+        piece.owner = (self.start, self.info)
+        self.piece = piece
         try:
-            stub = self._sidecar(piece, ended_ms=None, end="recording", clean=None)
-            path = self.directory / f"{stem}.json.part"
+            stub = self._sidecar(piece, ended_ms=None, end="recording", reason=None, clean=None)
+            path = piece.directory / f"{piece.stem}.json.part"
             with open(path, "wb") as f:  # ours: _reserve created it empty a moment ago
                 f.write(_dumps(stub))
+            session.write_manifest()
         except OSError:
-            os.close(fd)
+            os.close(piece.fd or -1)
+            piece.fd = None
             raise
         if self.recorder.metrics is not None:
             self.recorder.metrics.streams_active.inc()
         log.info(
-            "recording start bot=%r speaker=%r file=%s peer=%s",
+            "recording start bot=%r speaker=%r file=%s peer=%s part=%d (%s)",
             self.start.bot_id if self.start is not None else None,
-            self.speaker,
-            piece.part_path.with_suffix(""),
-            self.info.peer,
+            self.speaker, piece.part_path.with_suffix(""), self.info.peer, piece.number, why,
         )
-        return piece
 
     # ------------------------------------------------------------------ media
 
     def feed(self, data: bytes) -> None:
         """Buffer ``data``; write when the buffer is full or a fragment is complete (so a
         crash loses at most the fragment in progress), never per chunk."""
-        self._pending += data
+        if self.superseded:
+            assert self.piece is not None
+            self.piece.ignored_bytes += len(data)
+            return
+        self.pending += data
         self.position += len(data)
         fragment = False
         for event in self.meter.feed(data):
             self._on_media_event(event)
             fragment = fragment or isinstance(event, FragmentComplete)
-        full = len(self._pending) >= self.recorder.buffer_size
-        if (full or fragment) and self._cut is None:
-            self._flush()
+        if self.deciding and len(self.pending) > MAX_DECIDING_BYTES:
+            self._decide(append=False, why="reconnect")
+        full = len(self.pending) >= self.recorder.buffer_size
+        if self._cut is None and not self.deciding:
+            if full:
+                self.flush()
+            elif fragment:
+                # Up to the end of the fragment: the file then ends on a fragment boundary,
+                # so a reconnect can append to it.
+                end = self.meter.scanner.last_complete_fragment_end
+                self._write_upto(max(end, self.pending_start))
 
-    def _flush(self) -> None:
-        if self._pending:
-            self.piece.write(self._pending)
-            self._pending_start += len(self._pending)
-            self._pending.clear()
+    def flush(self) -> None:
+        pending = self.pending
+        if not pending:
+            return
+        piece = self.piece
+        assert piece is not None
+        if self.paused or self.disk_full:
+            piece.lost_bytes += len(pending)
+            piece.base_offset -= len(pending)
+        else:
+            try:
+                piece.write(pending)
+            except OSError as exc:
+                if _is_disk_full(exc):
+                    self._disk_full(exc)
+                raise
+        self.pending_start += len(pending)
+        pending.clear()
+
+    def flush_complete(self) -> None:
+        """Write what is pending up to the end of the last complete fragment."""
+        end = self.meter.scanner.last_complete_fragment_end
+        keep = end - self.pending_start
+        if keep > 0:
+            self._write_upto(end)
+
+    def _write_upto(self, offset: int) -> None:
+        keep = offset - self.pending_start
+        piece = self.piece
+        assert piece is not None and 0 <= keep <= len(self.pending)
+        if self.paused or self.disk_full:
+            piece.lost_bytes += keep
+            piece.base_offset -= keep
+        else:
+            try:
+                piece.write(memoryview(self.pending)[:keep])
+            except OSError as exc:
+                if _is_disk_full(exc):
+                    self._disk_full(exc)
+                raise
+        del self.pending[:keep]
+        self.pending_start = offset
+
+    def _disk_full(self, exc: OSError) -> None:
+        piece = self.piece
+        assert piece is not None
+        if not self.disk_full:
+            self.disk_full = True
+            self.warn("disk_full", f"disk full after {piece.bytes} bytes: {exc.strerror}")
+            if self.recorder.metrics is not None:
+                self.recorder.metrics.recording_lost.inc(label="disk_full")
+        # What could not be written is lost; what is on disk stays as it is.
+        piece.lost_bytes += len(self.pending)
 
     def _on_media_event(self, event: Fmp4Event) -> None:
+        if self.deciding:
+            self.held.append(event)
+            self._consider(event)
+            return
         piece = self.piece
+        assert piece is not None
+        if isinstance(event, BoxSeen):
+            self._on_box(event)
+            piece = self.piece
+            assert piece is not None
         if isinstance(event, FragmentComplete):
+            if self.paused or self.disk_full:
+                piece.lost_fragments += 1  # not in the file: its timeline shows the hole
+                return
+            piece.index.append(_entry(piece.base_offset + event.offset, event))
             piece.fragments += 1
             piece.media_seconds += fragment_seconds(self.meter.scanner.tracks, event)
+            piece.completeness.add(event)
             self._plan_cut(event.offset + event.size)
-        elif isinstance(event, BoxSeen):
-            if not self.init_checked:
-                self.init_checked = True
-                if event.type not in ("ftyp", "moov"):
-                    self.warn(
-                        "no_init_segment",
-                        f"stream does not start with ftyp+moov (first box: {event.type!r})",
-                    )
-            if self._cut is not None and event.offset == self._cut:
-                self._rotate(new_init=event.type in ("ftyp", "moov"))
+        elif isinstance(event, InitSegment):
+            self.collecting_init = False
+            piece.completeness.add(event)
         elif isinstance(event, Malformed):
+            piece.completeness.add(event)
             kind = "malformed_fmp4" if event.fatal else "fmp4_problem"
             self.warn(kind, f"at byte {event.offset}: {event.reason}")
+
+    def _on_box(self, event: BoxSeen) -> None:
+        if not self.init_checked:
+            self.init_checked = True
+            if event.type not in ("ftyp", "moov"):
+                self.warn(
+                    "no_init_segment",
+                    f"stream does not start with ftyp+moov (first box: {event.type!r})",
+                )
+        new_init = event.type in ("ftyp", "moov") and not self.collecting_init
+        if event.type == "moof":
+            self.collecting_init = False
+            self._guard(event.offset)
+        elif new_init:
+            self.collecting_init = True
+        if self._cut is not None and event.offset == self._cut:
+            self._rotate(new_init=new_init)
+        elif new_init and event.offset > 0:
+            # A new init segment mid-stream (encoder restart, new resolution): a new part,
+            # which starts with it and so plays on its own.
+            self._write_upto(event.offset)
+            self._switch(end="new_init", why="new_init")
+
+    def _guard(self, offset: int) -> None:
+        """At a fragment boundary: stop or resume writing as the disk guard says."""
+        guard = self.recorder.disk_guard
+        if guard is None or self.disk_full:
+            return
+        low = guard.low()
+        if low == self.paused:
+            return
+        piece = self.piece
+        assert piece is not None
+        if low:
+            self._write_upto(offset)
+            self.paused = True
+            self.warn("disk_low", f"free space below the low watermark: not writing from "
+                      f"byte {offset} of the stream")
+        else:
+            self._write_upto(offset)  # counted as lost: we are paused
+            self.paused = False
+            self.warn("disk_resumed", f"free space back above the high watermark: writing "
+                      f"again from byte {offset} of the stream")
 
     def _plan_cut(self, cut: int) -> None:
         """The piece is long enough: it ends at ``cut``, once a next box shows there is more
         (so a stream never ends with an empty piece)."""
         every = self.recorder.rotate_every
-        if every is None or self.piece.media_seconds < every:
+        piece = self.piece
+        assert piece is not None
+        if every is None or piece.media_seconds < every:
             return
         if self.meter.scanner.init_segment is None:
             if not self.rotation_blocked:
                 self.rotation_blocked = True
                 self.warn("rotation_skipped", "no init segment: cannot start a new piece")
             return
-        if cut < self._pending_start:  # pragma: no cover - fragments end inside the last feed
+        if cut < self.pending_start:  # pragma: no cover - fragments end inside the last feed
             return
-        keep = cut - self._pending_start
-        self.piece.write(memoryview(self._pending)[:keep])
-        del self._pending[:keep]
-        self._pending_start = cut
+        self._write_upto(cut)
         self._cut = cut
 
     def _rotate(self, *, new_init: bool) -> None:
         self._cut = None
-        number = (self.piece.number or 1) + 1
-        self._finish_piece(end="rotated", clean=True)
-        self.piece = self._open(number, self.recorder.clock())
+        self._switch(end="new_init" if new_init else "rotated",
+                     why="new_init" if new_init else "rotated")
         init = self.meter.scanner.init_segment
+        piece = self.piece
+        assert piece is not None
         if init is not None and not new_init:
-            self.piece.write(init.data)
+            piece.write(init.data)
+            piece.base_offset = len(init.data) - self.pending_start
+            piece.completeness.set_tracks(init.tracks)
+
+    def _switch(self, *, end: str, why: str) -> None:
+        piece = self.piece
+        assert piece is not None
+        self.recorder.finalize(self.session, piece, end="rotated", reason=end, clean=True,
+                               finished=self.finished)
+        self._new_piece(why)
+
+    # ------------------------------------------------------------------ reconnects
+
+    def _consider(self, event: Fmp4Event) -> None:
+        """Deciding: does this reconnected stream continue the dormant part?"""
+        session = self.session
+        dormant = session.dormant
+        if dormant is None or session.dormant_dirty:
+            self._decide(append=False, why="reconnect")
+        elif isinstance(event, InitSegment):
+            if event.offset != 0 or event.data != session.dormant_init:
+                self._decide(append=False, why="reconnect")
+            else:
+                self.collecting_init = False
+        elif isinstance(event, FragmentComplete):
+            self._decide(append=self._continues(dormant, event), why="reconnect")
+        elif isinstance(event, BoxSeen) and event.type == "moof" and self.collecting_init:
+            self._decide(append=False, why="reconnect")  # no init segment first
+        elif isinstance(event, BoxSeen) and event.type == "moof":
+            self.collecting_init = False
+        elif isinstance(event, Malformed) and event.fatal:
+            self._decide(append=False, why="reconnect")
+
+    def _continues(self, dormant: _Piece, fragment: FragmentComplete) -> bool:
+        done = dormant.completeness
+        last = done.last_sequence
+        seq = fragment.sequence_number
+        if last is not None and seq is not None and seq <= last:
+            return False
+        grace = self.recorder.reconnect_grace
+        for run in fragment.tracks:
+            track = done.tracks.get(run.track_id)
+            if track is None or track.end is None or run.base_decode_time is None:
+                return False
+            scale = track.info.timescale
+            slack = scale // 100  # 10 ms
+            ahead = run.base_decode_time - track.end
+            if ahead < -slack or ahead > (grace + 5) * scale:
+                return False
+        return True
+
+    def _decide(self, *, append: bool, why: str) -> None:
+        session = self.session
+        self.deciding = False
+        held, self.held = self.held, []
+        dormant = session.dormant
+        if append and dormant is not None:
+            if session.timer is not None:
+                session.timer.cancel()
+                session.timer = None
+            session.dormant = None
+            dormant.fd = _reopen(dormant.part_path)
+            init = self.meter.scanner.init_segment
+            assert init is not None
+            dormant.discarded_tail_bytes += len(session.dormant_tail)
+            gap = self.recorder.clock() - session.dormant_since
+            dormant.connections += 1
+            dormant.owner = (self.start, self.info)
+            if len(dormant.reconnects) < MAX_WARNINGS:
+                dormant.reconnects.append({
+                    "at": _iso(self.recorder.clock()), "after_ms": gap,
+                    "discarded_tail_bytes": len(session.dormant_tail),
+                    "previous_close_code": session.dormant_close[0],
+                })
+            session.dormant_tail = b""
+            # The file has this init segment already: the stream goes on after it.
+            self.piece = dormant
+            del self.pending[: init.size]
+            self.pending_start = init.size
+            dormant.base_offset = dormant.bytes - init.size
+            self.init_checked = True
+            self.collecting_init = False
+            held = [e for e in held if not isinstance(e, (InitSegment, BoxSeen))]
+            if self.recorder.metrics is not None:
+                self.recorder.metrics.reconnects.inc(label="appended")
+            log.info("reconnect: %s continues after %d ms", dormant.part_path, gap)
+        else:
+            if dormant is not None:
+                session.expire(dormant, keep=True)  # finalized; the session goes on
+            self.collecting_init = True
+            if self.recorder.metrics is not None:
+                self.recorder.metrics.reconnects.inc(label="new_part")
+            self._new_piece(why)
+        for event in held:
+            self._on_media_event(event)
 
     # ------------------------------------------------------------------ the rest
 
     def ping(self, event: LatencyPing) -> None:
-        self.piece.pings += 1
+        piece = self.piece
+        if piece is None or self.superseded:
+            return
+        piece.pings += 1
         if event.sent_at_ms is not None:
-            self.piece.latencies.append(float(event.received_at_ms - event.sent_at_ms))
+            piece.latencies.append(float(event.received_at_ms - event.sent_at_ms))
 
     def warn(self, kind: str, message: str, source: str = "recorder") -> None:
-        self.piece.warn(source, kind, message)
+        piece = self.piece
+        if piece is None:
+            return
+        piece.warn(source, kind, message)
         if source == "recorder":
-            log.warning("%s: %s (%s)", self.piece.stem, message, kind)
+            log.warning("%s: %s (%s)", piece.stem, message, kind)
             if self.recorder.metrics is not None:
                 self.recorder.metrics.recording_warnings.inc(label=kind)
 
@@ -491,76 +921,67 @@ class _Stream:
         reported: float | None = None,
         code: int | None = None,
         reason: str | None = None,
+        why: str | None = None,
     ) -> list[FinishedRecording]:
         """Flush everything and finalize the current piece; returns every piece finished."""
-        for event in self.meter.eof():
-            self._on_media_event(event)
+        session = self.session
+        ending = why or ("stream_end" if clean else end_reason(code, reason))
+        if self.disk_full:
+            ending = "disk_full"
+        wait = (
+            not clean
+            and ending in _MAY_RECONNECT
+            and session.key is not None
+            and self.recorder.reconnect_grace > 0
+            and not self.recorder.closing
+        )
+        events = self.meter.eof()
+        if self.deciding:
+            for event in events:
+                self._on_media_event(event)
+            self._decide(append=False, why="reconnect")
+        elif not wait:
+            for event in events:
+                self._on_media_event(event)
         if not self.init_checked and self.position > 0:
             self.warn("no_init_segment", "stream ended before a complete first box")
-        self._flush()
-        end = "stream_end" if clean else "disconnect"
-        self._finish_piece(end=end, clean=clean, reported=reported, code=code, reason=reason)
+        if wait and self.piece is not None and self.piece.fd is not None:
+            # The torn tail (if any) is held back: a reconnect may continue the part.
+            session.go_dormant(self, code, reason)
+            return self.finished
+        if self.disk_full:
+            self.pending.clear()
+        else:
+            self.flush()
+        piece = self.piece
+        assert piece is not None
+        piece.torn_tail_bytes = piece.completeness.torn_bytes(self.position)
+        self.recorder.finalize(
+            session, piece, end="stream_end" if clean else "disconnect", reason=ending,
+            clean=clean, reported=reported, code=code, close_reason=reason,
+            finished=self.finished, index=not self.disk_full,
+        )
+        if session.active is self:
+            session.active = None
+        session.end()
         return self.finished
 
     def abandon(self) -> None:
         """Give up on the current piece after an I/O error: close it, leave its ``.part``
         files for :func:`recover`."""
-        fd, self.piece.fd = self.piece.fd, None
+        piece = self.piece
+        if piece is None:
+            return
+        fd, piece.fd = piece.fd, None
         if fd is not None:
             if self.recorder.metrics is not None:
                 self.recorder.metrics.streams_active.dec()
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-    def _finish_piece(
-        self,
-        *,
-        end: str,
-        clean: bool,
-        reported: float | None = None,
-        code: int | None = None,
-        reason: str | None = None,
-    ) -> None:
-        piece = self.piece
-        recorder = self.recorder
-        fd = piece.fd
-        if fd is None:
-            return
-        piece.fd = None
-        metrics = recorder.metrics
-        if metrics is not None:
-            metrics.streams_active.dec()
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        ended_ms = recorder.clock()
-        final = self.directory / f"{piece.stem}.mp4"
-        _rename_noreplace(piece.part_path, final)
-        sidecar = self._sidecar(
-            piece, ended_ms=ended_ms, end=end, clean=clean, reported=reported, code=code,
-            reason=reason,
-        )
-        sidecar_path = self.directory / f"{piece.stem}.json"
-        _write_new(sidecar_path, _dumps(sidecar))
-        with contextlib.suppress(FileNotFoundError):
-            (self.directory / f"{piece.stem}.json.part").unlink()
-        _fsync_dir(self.directory)
-        if metrics is not None and end != "rotated":
-            metrics.streams_finished.inc(label="clean" if clean else "unclean")
-        latency = piece.latency_summary()
-        log.info(
-            "recording end bot=%r file=%s end=%s bytes=%d fragments=%d duration=%.2fs "
-            "reported=%s pings=%d latency_ms=%s",
-            sidecar["bot_id"], final, end if clean or end == "rotated" else f"{end}/{code}",
-            piece.bytes, piece.fragments, piece.media_seconds,
-            "-" if reported is None else f"{reported:.2f}s", piece.pings,
-            "-" if latency is None else
-            "{min:.0f}/{median:.0f}/{max:.0f}".format(**latency),
-        )
-        finished = FinishedRecording(final, sidecar_path, sidecar)
-        self.finished.append(finished)
-        recorder.finished(finished)
+        session = self.session
+        if session.active is self:
+            session.active = None
+        session.end()
 
     def _sidecar(
         self,
@@ -568,41 +989,115 @@ class _Stream:
         *,
         ended_ms: int | None,
         end: str,
+        reason: str | None,
         clean: bool | None,
         reported: float | None = None,
         code: int | None = None,
-        reason: str | None = None,
+        close_reason: str | None = None,
     ) -> dict[str, Any]:
-        start = self.start
-        document: dict[str, Any] = {
-            "version": SIDECAR_VERSION,
-            "file": f"{piece.stem}.mp4",
-            "bot_id": start.bot_id if start is not None else None,
-            "speaker_id": start.speaker_id if start is not None else None,
-            "speaker_name": start.speaker_name if start is not None else None,
-            "start_message": dict(start.raw) if start is not None else None,
-            "peer": self.info.peer,
-            "path": self.info.path,
-            "started_at": _iso(piece.started_ms),
-            "started_at_ms": piece.started_ms,
-            "ended_at": _iso(ended_ms),
-            "ended_at_ms": ended_ms,
-            "end": end,
-            "clean": clean,
-            "close_code": code,
-            "close_reason": reason,
-            "bytes": piece.bytes,
-            "fragments": piece.fragments,
-            "media_duration_seconds": round(piece.media_seconds, 6),
-            "reported_duration_seconds": reported,
-            "pings": piece.pings,
-            "latency_ms": piece.latency_summary(),
-            "warnings": list(piece.warnings),
-            "warnings_dropped": piece.warnings_dropped,
-            "piece": piece.number,
-            "recovered": False,
-        }
-        return document
+        return _sidecar(self.start, self.info, self.session, piece, ended_ms=ended_ms, end=end,
+                        reason=reason, clean=clean, reported=reported, code=code,
+                        close_reason=close_reason)
+
+
+def _verdict(piece: _Piece, reason: str | None, reported: float | None) -> tuple[str, list[str]]:
+    """The part's verdict and why."""
+    why: list[str] = []
+    media = piece.completeness.media_verdict(piece.torn_tail_bytes)
+    if media == TRUNCATED:
+        why.append("the media ends inside a box, or has no init segment" if
+                   piece.completeness.has_init or piece.torn_tail_bytes else "no init segment")
+    if reason is not None and reason not in CONTINUED and reason != "stream_end":
+        why.append(f"the stream did not end: {reason}")
+    done = piece.completeness
+    if done.missing:
+        why.append(f"{done.missing} fragment(s) missing (mfhd sequence numbers)")
+    if done.out_of_order:
+        why.append(f"{done.out_of_order} fragment(s) out of order")
+    if any(t.gaps for t in done.tracks.values()):
+        why.append("timeline gaps")
+    if piece.lost_bytes:
+        why.append(f"{piece.lost_bytes} bytes not written (disk)")
+    if reported is not None and piece.completeness.fragments:
+        tolerance = max(2 * done.max_fragment_seconds, 2.0)
+        if reported - piece.media_seconds > tolerance:
+            why.append(
+                f"video_stream_end reports {reported:.3f}s, the media holds "
+                f"{piece.media_seconds:.3f}s"
+            )
+    truncated = media == TRUNCATED or (
+        reason is not None and reason not in CONTINUED and reason != "stream_end"
+    )
+    if truncated:
+        return TRUNCATED, why
+    return (GAPS if why else COMPLETE), why
+
+
+def _sidecar(
+    start: StreamStarted | None,
+    info: ConnectionInfo,
+    session: _Session,
+    piece: _Piece,
+    *,
+    ended_ms: int | None,
+    end: str,
+    reason: str | None,
+    clean: bool | None,
+    reported: float | None = None,
+    code: int | None = None,
+    close_reason: str | None = None,
+) -> dict[str, Any]:
+    final = ended_ms is not None
+    verdict, why = _verdict(piece, reason, reported) if final else (None, [])
+    completeness = piece.completeness.report(piece.torn_tail_bytes)
+    completeness["reported_duration_seconds"] = reported
+    completeness["duration_difference_seconds"] = (
+        None if reported is None else round(reported - piece.media_seconds, 6)
+    )
+    rotating = session.recorder.rotate_every is not None
+    document: dict[str, Any] = {
+        "version": SIDECAR_VERSION,
+        "file": f"{piece.stem}.mp4",
+        "bot_id": start.bot_id if start is not None else None,
+        "speaker_id": start.speaker_id if start is not None else None,
+        "speaker_name": start.speaker_name if start is not None else None,
+        "start_message": dict(start.raw) if start is not None else None,
+        "peer": info.peer,
+        "path": info.path,
+        "started_at": _iso(piece.started_ms),
+        "started_at_ms": piece.started_ms,
+        "ended_at": _iso(ended_ms),
+        "ended_at_ms": ended_ms,
+        "end": end,
+        "end_reason": reason,
+        "clean": clean,
+        "close_code": code,
+        "close_reason": close_reason,
+        "verdict": verdict,
+        "verdict_reasons": why,
+        "bytes": piece.bytes,
+        "fragments": piece.fragments,
+        "media_duration_seconds": round(piece.media_seconds, 6),
+        "reported_duration_seconds": reported,
+        "completeness": completeness,
+        "pings": piece.pings,
+        "latency_ms": piece.latency_summary(),
+        "warnings": list(piece.warnings),
+        "warnings_dropped": piece.warnings_dropped,
+        "piece": piece.number if rotating else None,
+        "part": piece.number,
+        "started_by": piece.why,
+        "session": None if session.manifest_path is None else session.manifest_path.name,
+        "connections": piece.connections,
+        "reconnects": list(piece.reconnects),
+        "lost_bytes": piece.lost_bytes,
+        "lost_fragments": piece.lost_fragments,
+        "discarded_tail_bytes": piece.discarded_tail_bytes,
+        "ignored_bytes": piece.ignored_bytes,
+        "indexed": False,
+        "recovered": False,
+    }
+    return document
 
 
 class RecordingHandler(Handler):
@@ -625,10 +1120,13 @@ class RecordingHandler(Handler):
 
     def on_start(self, event: StreamStarted) -> None:
         if self.stream is not None:  # the core never does this; finish it anyway
-            self.stream.finish(clean=False)
-        self.stream = _Stream(self.recorder, self.info, event, self.recorder.clock())
-        for kind, message in self._early_warnings:
-            self.stream.warn(kind, message, source="protocol")
+            stream = self.stream
+            with stream.session.lock:
+                stream.finish(clean=False)
+        self.stream = self.recorder.open_stream(self.info, event)
+        with self.stream.session.lock:
+            for kind, message in self._early_warnings:
+                self.stream.warn(kind, message, source="protocol")
         self._early_warnings.clear()
 
     def on_chunk(self, event: MediaChunk) -> None:
@@ -636,22 +1134,41 @@ class RecordingHandler(Handler):
         if stream is None:
             # Bytes with no video_stream_start (the core delivers them just before the
             # disconnect): kept under unknown/, never dropped.
-            stream = self.stream = _Stream(self.recorder, self.info, None, self.recorder.clock())
-            stream.warn("no_stream_start", "binary data without video_stream_start")
-        stream.feed(event.data)
+            stream = self.stream = self.recorder.open_stream(self.info, None)
+            with stream.session.lock:
+                for kind, message in self._early_warnings:
+                    stream.warn(kind, message, source="protocol")
+                self._early_warnings.clear()
+                stream.warn("no_stream_start", "binary data without video_stream_start")
+        with stream.session.lock:
+            if stream.superseded:
+                assert stream.piece is not None
+                stream.piece.ignored_bytes += len(event.data)
+                if self.recorder.metrics is not None:
+                    self.recorder.metrics.recording_lost.inc(
+                        len(event.data), label="superseded_bytes"
+                    )
+                return
+            stream.feed(event.data)
 
     def on_ping(self, event: LatencyPing) -> None:
         if self.stream is not None:
-            self.stream.ping(event)
+            with self.stream.session.lock:
+                self.stream.ping(event)
 
     def on_end(self, event: StreamEnded) -> None:
         stream, self.stream = self.stream, None
         if stream is not None:
-            stream.finish(clean=True, reported=event.duration_seconds)
+            with stream.session.lock:
+                if stream.superseded:
+                    self.recorder.note_ignored(stream)
+                    return
+                stream.finish(clean=True, reported=event.duration_seconds)
 
     def on_warning(self, event: ProtocolWarning) -> None:
         if self.stream is not None:
-            self.stream.warn(event.kind.value, event.message, source="protocol")
+            with self.stream.session.lock:
+                self.stream.warn(event.kind.value, event.message, source="protocol")
         elif len(self._early_warnings) < MAX_WARNINGS:
             self._early_warnings.append((event.kind.value, event.message))
 
@@ -659,22 +1176,33 @@ class RecordingHandler(Handler):
         stream, self.stream = self.stream, None
         if stream is None:
             return
-        try:
-            stream.finish(clean=False, code=event.code, reason=event.reason)
-        except OSError as exc:
-            # The .part files stay where they are; recover() finishes them on the next start.
-            if self.recorder.metrics is not None:
-                self.recorder.metrics.errors.inc(label="disk")
-            log.error("could not finalize %s: %r", stream.piece.part_path, exc)
-            stream.abandon()
+        with stream.session.lock:
+            if stream.superseded:
+                self.recorder.note_ignored(stream)
+                return
+            try:
+                stream.finish(clean=False, code=event.code, reason=event.reason)
+            except OSError as exc:
+                # The .part files stay where they are; recover() finishes them next start.
+                if self.recorder.metrics is not None:
+                    self.recorder.metrics.errors.inc(label="disk")
+                where = stream.piece.part_path if stream.piece is not None else "?"
+                log.error("could not finalize %s: %r", where, exc)
+                stream.abandon()
 
 
 class Recorder:
     """Handler factory: records every stream under ``output_dir``.
 
-    ``rotate_every`` (seconds of media) cuts streams into pieces at fragment boundaries.
+    ``rotate_every`` (seconds of media) cuts streams into parts at fragment boundaries.
     ``on_finish`` is called (in the handler's thread) with each finalized recording;
     ``metrics`` gets the recorder's counters. ``clock`` gives the wall time in Unix ms.
+
+    ``reconnect_grace`` (seconds, 0 for none): after a connection ends with its stream open,
+    the part stays open this long for the same ``(bot_id, speaker)`` to come back (see
+    docs/recording.md); :meth:`close` finalizes what still waits. ``index``: on finalize, write
+    the real duration into the ``moov`` and append an ``mfra`` index (the file then is not
+    the stream byte for byte). ``disk_guard``: a :class:`~.diskguard.DiskGuard`.
     """
 
     def __init__(
@@ -686,18 +1214,204 @@ class Recorder:
         metrics: Metrics | None = None,
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         clock: Callable[[], int] = now_ms,
+        reconnect_grace: float = 0.0,
+        index: bool = False,
+        disk_guard: DiskGuard | None = None,
+        journal: Journal | None = None,
     ) -> None:
         if rotate_every is not None and rotate_every <= 0:
             raise ValueError("rotate_every must be positive")
+        if reconnect_grace < 0:
+            raise ValueError("reconnect_grace must be >= 0")
         self.root = Path(output_dir).resolve()
         self.rotate_every = rotate_every
         self.on_finish = on_finish
         self.metrics = metrics
         self.buffer_size = buffer_size
         self.clock = clock
+        self.reconnect_grace = reconnect_grace
+        self.index = index
+        self.disk_guard = disk_guard
+        self.journal = journal
+        self.closing = False
+        self._lock = threading.Lock()
+        self._sessions: dict[tuple[str, str], _Session] = {}
 
     def __call__(self, info: ConnectionInfo) -> RecordingHandler:
         return RecordingHandler(self, info)
+
+    # ------------------------------------------------------------------ sessions
+
+    def open_stream(self, info: ConnectionInfo, start: StreamStarted | None) -> _Stream:
+        """A new stream: a new session, the continuation of a dormant one, or a duplicate
+        that supersedes the stream still open for its key."""
+        speaker = (start.speaker_id or start.speaker_name) if start is not None else None
+        key = None
+        if start is not None and isinstance(start.bot_id, str):
+            key = (start.bot_id, speaker if isinstance(speaker, str) else "")
+        bot = safe_name(start.bot_id) if start is not None else "unknown"
+        directory = self.root / bot
+        if speaker:
+            directory /= safe_name(speaker)
+        directory = _inside(self.root, directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        directory = _inside(self.root, directory)
+        while True:
+            with self._lock:
+                session = self._sessions.get(key) if key is not None else None
+                if session is None:
+                    session = _Session(self, key, directory)
+                    if key is not None:
+                        self._sessions[key] = session
+                    fresh = True
+                else:
+                    fresh = False
+            with session.lock:
+                if session.over:  # ended while we waited for its lock: take a new one
+                    continue
+                session.connections += 1
+                if fresh:
+                    stream = _Stream(self, info, start, session)
+                elif session.active is not None:
+                    self._supersede(session.active)
+                    stream = _Stream(self, info, start, session, why="superseded")
+                else:
+                    stream = _Stream(self, info, start, session, adopt=True)
+                session.active = stream
+                return stream
+
+    def _supersede(self, old: _Stream) -> None:
+        """A newer connection for the same key: finalize the old one's part, ignore the rest
+        of what it sends (propose: close it, see docs/recording.md)."""
+        old.superseded = True
+        log.warning("superseding the stream of %s (key %r)", old.info.peer, old.session.key)
+        if self.metrics is not None:
+            self.metrics.recording_lost.inc(label="superseded")
+        try:
+            if old.deciding:
+                old._decide(append=False, why="reconnect")
+            old.flush()
+            piece = old.piece
+            assert piece is not None
+            for event in old.meter.eof():
+                piece.completeness.add(event)
+            piece.torn_tail_bytes = piece.completeness.torn_bytes(old.position)
+            self.finalize(old.session, piece, end="disconnect", reason="superseded",
+                          clean=False, finished=old.finished)
+        except OSError as exc:
+            log.error("could not finalize the superseded %s: %r", old.piece, exc)
+            old.abandon()
+        old.session.active = None
+
+    def note_ignored(self, stream: _Stream) -> None:
+        """A superseded stream's connection is over: its sidecar gets the bytes ignored."""
+        piece = stream.piece
+        if piece is None or not piece.ignored_bytes:
+            return
+        path = piece.directory / f"{piece.stem}.json"
+        document = _load_json(path)
+        if document is None:
+            return
+        document["ignored_bytes"] = piece.ignored_bytes
+        with contextlib.suppress(OSError):
+            _replace_json(path, document)
+
+    def forget(self, session: _Session) -> None:
+        with self._lock:
+            if session.key is not None and self._sessions.get(session.key) is session:
+                del self._sessions[session.key]
+
+    def close(self) -> None:
+        """Finalize the parts still waiting for a reconnect (call when the server stops)."""
+        self.closing = True
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            session.expire()
+
+    # ------------------------------------------------------------------ finalizing
+
+    def finalize(
+        self,
+        session: _Session,
+        piece: _Piece,
+        *,
+        end: str,
+        reason: str,
+        clean: bool,
+        reported: float | None = None,
+        code: int | None = None,
+        close_reason: str | None = None,
+        finished: list[FinishedRecording] | None = None,
+        index: bool = True,
+    ) -> FinishedRecording | None:
+        """fsync, index, rename, sidecar, journal: the part is final."""
+        fd = piece.fd
+        if fd is None:
+            return None
+        metrics = self.metrics
+        try:
+            if index and self.index and not piece.torn_tail_bytes and piece.index:
+                try:
+                    piece.bytes = finish_index(
+                        fd, piece.bytes, piece.index, _track_ends(piece.completeness)
+                    )
+                except (OSError, ValueError) as exc:
+                    log.warning("%s: no index written: %r", piece.stem, exc)
+                    piece.warn("recorder", "no_index", f"no index written: {exc}")
+                else:
+                    piece.indexed = True
+            os.fsync(fd)
+        finally:
+            piece.fd = None
+            os.close(fd)
+            if metrics is not None:
+                metrics.streams_active.dec()
+        ended_ms = self.clock()
+        final = piece.directory / f"{piece.stem}.mp4"
+        _rename_noreplace(piece.part_path, final)
+        start, info = piece.owner
+        sidecar = _sidecar(
+            start, info, session, piece, ended_ms=ended_ms, end=end, reason=reason,
+            clean=clean, reported=reported, code=code, close_reason=close_reason,
+        )
+        sidecar["indexed"] = piece.indexed
+        sidecar_path = piece.directory / f"{piece.stem}.json"
+        _write_new(sidecar_path, _dumps(sidecar))
+        recording = FinishedRecording(final, sidecar_path, sidecar)
+        if self.journal is not None:
+            self.journal.add(recording)
+        with contextlib.suppress(FileNotFoundError):
+            (piece.directory / f"{piece.stem}.json.part").unlink()
+        _fsync_dir(piece.directory)
+        session.part_done(recording)
+        with contextlib.suppress(OSError):
+            session.write_manifest()
+        if metrics is not None:
+            if end != "rotated":
+                metrics.streams_finished.inc(label="clean" if clean else "unclean")
+            metrics.verdicts.inc(label=sidecar["verdict"])
+            done = piece.completeness
+            metrics.dropped_fragments.inc(done.missing)
+            for track in done.tracks.values():
+                metrics.timeline_gaps.inc(track.ms(track.gap_units) / 1000,
+                                          label=track.info.handler)
+            if piece.lost_bytes:
+                metrics.recording_lost.inc(piece.lost_bytes, label="disk_bytes")
+        latency = piece.latency_summary()
+        log.info(
+            "recording end bot=%r file=%s end=%s bytes=%d fragments=%d "
+            "duration=%.2fs reported=%s pings=%d latency_ms=%s verdict=%s",
+            sidecar["bot_id"], final, reason if code is None else f"{reason}/{code}",
+            piece.bytes, piece.fragments, piece.media_seconds,
+            "-" if reported is None else f"{reported:.2f}s", piece.pings,
+            "-" if latency is None else
+            "{min:.0f}/{median:.0f}/{max:.0f}".format(**latency), sidecar["verdict"],
+        )
+        if finished is not None:
+            finished.append(recording)
+        self.finished(recording)
+        return recording
 
     def finished(self, recording: FinishedRecording) -> None:
         if self.metrics is not None:
@@ -736,11 +1450,37 @@ def _load_json(path: Path) -> dict[str, Any] | None:
 def _scan_file(path: Path) -> _MediaMeter:
     """A file fed through the scanner."""
     meter = _MediaMeter()
+
+    def take(events: list[Fmp4Event]) -> None:
+        for event in events:
+            meter.completeness.add(event)
+            if isinstance(event, FragmentComplete):
+                meter.entries.append(_entry(event.offset, event))
+
     with open(path, "rb") as f:
         while chunk := f.read(_SCAN_READ):
-            meter.feed(chunk)
-    meter.eof()
+            take(meter.feed(chunk))
+    take(meter.eof())
     return meter
+
+
+def _entry(offset: int, event: FragmentComplete) -> FragmentEntry:
+    return FragmentEntry(
+        offset,
+        tuple(
+            (run.track_id, number, run.base_decode_time)
+            for number, run in enumerate(event.tracks, 1)
+            if run.base_decode_time is not None
+        ),
+    )
+
+
+def _track_ends(completeness: Completeness) -> dict[int, tuple[int, int]]:
+    return {
+        t.info.track_id: (t.end, t.info.timescale)
+        for t in completeness.tracks.values()
+        if t.end is not None
+    }
 
 
 def recover(
@@ -748,6 +1488,8 @@ def recover(
     *,
     clock: Callable[[], int] = now_ms,
     metrics: Metrics | None = None,
+    journal: Journal | None = None,
+    index: bool = False,
 ) -> list[FinishedRecording]:
     """Finish the recordings a crash left as ``.part`` files under ``output_dir``.
 
@@ -761,16 +1503,33 @@ def recover(
     done: list[FinishedRecording] = []
     for directory, stem, renamed in _leftovers(root):
         try:
-            done.append(_recover_one(directory, stem, renamed, clock()))
+            recording = _recover_one(directory, stem, renamed, clock(), journal, index)
         except OSError as exc:
             if metrics is not None:
                 metrics.errors.inc(label="disk")
             log.error("could not recover %s/%s: %r", directory, stem, exc)
+        else:
+            done.append(recording)
+            if metrics is not None:
+                metrics.verdicts.inc(label=recording.sidecar["verdict"])
     return done
 
 
-def _recover_one(directory: Path, stem: str, renamed: bool, now: int) -> FinishedRecording:
+def _recover_one(
+    directory: Path, stem: str, renamed: bool, now: int, journal: Journal | None, index: bool
+) -> FinishedRecording:
     part = directory / f"{stem}.mp4.part"
+    if renamed:
+        # Crashed after the sidecar was written, before the hooks were journaled.
+        done = _load_json(directory / f"{stem}.json")
+        if done is not None and done.get("verdict") is not None:
+            recording = FinishedRecording(directory / f"{stem}.mp4", directory / f"{stem}.json",
+                                          done)
+            if journal is not None:
+                journal.add(recording)
+            with contextlib.suppress(FileNotFoundError):
+                (directory / f"{stem}.json.part").unlink()
+            return recording
     media = directory / f"{stem}.mp4" if renamed else part
     size = media.stat().st_size
     modified_ms = media.stat().st_mtime_ns // 1_000_000
@@ -779,7 +1538,10 @@ def _recover_one(directory: Path, stem: str, renamed: bool, now: int) -> Finishe
     end = meter.scanner.last_complete_fragment_end
     warnings: list[dict[str, str]] = []
     cut = 0
-    if not renamed and end > 0:
+    # A finalized (renamed) file is cut only when it ends inside a box (a disk that filled up
+    # mid-fragment): an index appended after its last fragment stays.
+    torn = meter.completeness.torn_at is not None
+    if end > 0 and (not renamed or torn):
         cut = size - end
         if cut:
             os.truncate(media, end)
@@ -791,8 +1553,13 @@ def _recover_one(directory: Path, stem: str, renamed: bool, now: int) -> Finishe
                 "message": "no complete fragment found: the file was kept whole",
             }
         )
-    fd = os.open(media, os.O_RDONLY)
+    indexed = False
+    fd = os.open(media, os.O_RDWR)
     try:
+        if index and (not renamed or torn) and end > 0 and meter.entries:
+            with contextlib.suppress(OSError, ValueError):
+                finish_index(fd, end, meter.entries, _track_ends(meter.completeness))
+                indexed = True
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -804,10 +1571,17 @@ def _recover_one(directory: Path, stem: str, renamed: bool, now: int) -> Finishe
     sidecar_path = directory / f"{stem}.json"
     document = _load_json(sidecar_path) or _load_json(directory / f"{stem}.json.part") or {}
     previous = document.get("warnings")
+    completeness = meter.completeness.report(0)
+    completeness["reported_duration_seconds"] = None
+    completeness["duration_difference_seconds"] = None
     document.update(
         {
             "version": SIDECAR_VERSION,
             "file": final.name,
+            "end_reason": "crash",
+            "verdict": TRUNCATED,
+            "verdict_reasons": ["the receiver stopped before the stream ended (crash)"],
+            "completeness": completeness,
             "ended_at": document.get("ended_at") or _iso(modified_ms),
             "ended_at_ms": document.get("ended_at_ms") or modified_ms,
             "end": "crash",
@@ -816,12 +1590,16 @@ def _recover_one(directory: Path, stem: str, renamed: bool, now: int) -> Finishe
             "fragments": fragments,
             "media_duration_seconds": round(seconds, 6),
             "recovered": True,
+            "indexed": indexed,
             "recovered_at": _iso(now),
             "recovered_cut_bytes": cut,
             "warnings": (previous if isinstance(previous, list) else []) + warnings,
         }
     )
     _replace_json(sidecar_path, document)
+    recording = FinishedRecording(final, sidecar_path, document)
+    if journal is not None:
+        journal.add(recording)
     with contextlib.suppress(FileNotFoundError):
         (directory / f"{stem}.json.part").unlink()
     _fsync_dir(directory)
@@ -829,4 +1607,4 @@ def _recover_one(directory: Path, stem: str, renamed: bool, now: int) -> Finishe
         "recovered %s: %d bytes, %d fragments, cut %d bytes", final, document["bytes"],
         fragments, cut,
     )
-    return FinishedRecording(final, sidecar_path, document)
+    return recording

@@ -27,7 +27,18 @@ from pathlib import Path
 
 import av
 
-__all__ = ["Media", "Probe", "decodable_frames", "ffmpeg_exe", "make_fmp4", "probe"]
+__all__ = [
+    "Media",
+    "Probe",
+    "decodable_frames",
+    "ffmpeg_exe",
+    "fragment_spans",
+    "frames_in_fragments",
+    "make_fmp4",
+    "make_resolution_change",
+    "probe",
+    "rebuild",
+]
 
 FRAGMENT_MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
 
@@ -221,3 +232,50 @@ def decodable_frames(data: bytes) -> int:
 
     with av.open(io.BytesIO(data), format="mp4") as container:
         return sum(1 for packet in container.demux(video=0) for _ in packet.decode())
+
+
+# ------------------------------------------------------------------ surgery on fMP4 streams
+
+
+def fragment_spans(data: bytes) -> tuple[int, list[tuple[int, int]]]:
+    """The end of the init segment and ``(offset, size)`` of each fragment (``moof`` through
+    ``mdat``) of an fMP4 stream, found by the library's own scanner. Anything after the last
+    fragment (ffmpeg appends an ``mfra``) is not a fragment."""
+    from meetstream_live import Fmp4Scanner, FragmentComplete, InitSegment
+
+    scanner = Fmp4Scanner()
+    events = [*scanner.feed(data), *scanner.eof()]
+    (init,) = [e for e in events if isinstance(e, InitSegment)][:1]
+    spans = [(e.offset, e.size) for e in events if isinstance(e, FragmentComplete)]
+    return init.offset + init.size, spans
+
+
+def rebuild(data: bytes, order: list[int]) -> bytes:
+    """The init segment, then the fragments of ``data`` in ``order`` (indexes; leave one out
+    to remove it, swap two to reorder them). The trailing ``mfra`` is dropped."""
+    init_end, spans = fragment_spans(data)
+    return data[:init_end] + b"".join(
+        data[spans[i][0] : spans[i][0] + spans[i][1]] for i in order
+    )
+
+
+def frames_in_fragments(data: bytes, indexes: list[int]) -> int:
+    """Video frames PyAV decodes from the init segment plus the fragments ``indexes``."""
+    return decodable_frames(rebuild(data, indexes))
+
+
+def make_resolution_change(
+    directory: Path, *, first: tuple[int, int] = (320, 240), second: tuple[int, int] = (480, 272),
+    duration_s: float = 1.0,
+) -> tuple[Media, Media, bytes]:
+    """Two encodes at different sizes, and one stream that is the first then the second
+    (each with its own ``ftyp`` + ``moov``): what a bot sends when the resolution changes
+    and the encoder restarts."""
+    directory.mkdir(parents=True, exist_ok=True)
+    a = make_fmp4(directory / f"res-{first[0]}x{first[1]}.mp4", duration_s=duration_s, size=first)
+    b = make_fmp4(
+        directory / f"res-{second[0]}x{second[1]}.mp4", duration_s=duration_s, size=second
+    )
+    joined = rebuild(a.data, list(range(len(fragment_spans(a.data)[1]))))
+    joined += rebuild(b.data, list(range(len(fragment_spans(b.data)[1]))))
+    return a, b, joined

@@ -100,7 +100,12 @@ def init_end(data: bytes) -> int:
 
 
 def files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    """Media, sidecars and .part files (not the session manifests, tested on their own)."""
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.endswith(".session.json")
+    )
 
 
 def sidecar(path: Path) -> dict[str, Any]:
@@ -283,7 +288,8 @@ def test_writes_are_batched(
     handler.on_end(StreamEnded(None))
     monkeypatch.undo()
     # One write per complete fragment (so a crash loses at most one), never one per chunk.
-    assert len(writes) <= len(fragments(fmp4_small.data)) + 2
+    # (+ the sidecar and the session manifest, written at the end)
+    assert len(writes) <= len(fragments(fmp4_small.data)) + 2 + 2
     assert sum(writes) >= len(fmp4_small.data)
 
 
@@ -457,12 +463,14 @@ def test_disk_error_leaves_part_files_for_recovery(
         handler.dispatch([MediaChunk(fmp4_small.data[half:], half)])
     handler.dispatch([Disconnected(1011, "handler error", False)])
     monkeypatch.undo()
-    assert metrics.errors.value("disk") == 2  # the write, then the flush at the disconnect
+    assert metrics.errors.value("disk") == 2  # the write, then the sidecar at the disconnect
     assert metrics.streams_active.value() == 0
-    assert files(tmp_path) == [f"bot-123/{STAMP}.json.part", f"bot-123/{STAMP}.mp4.part"]
+    # The media is final (renamed); the sidecar could not be written: its .json.part stays.
+    assert files(tmp_path) == [f"bot-123/{STAMP}.json.part", f"bot-123/{STAMP}.mp4"]
 
     (recovered,) = recover(tmp_path)
     assert recovered.sidecar["recovered"] is True
+    assert recovered.sidecar["verdict"] == "truncated"
     assert decodable_frames(recovered.path.read_bytes()) > 0
 
 
