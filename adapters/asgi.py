@@ -49,8 +49,9 @@ does not.)
   ``read_timeout`` (default off, ``--read-timeout``) closes a connection silent for that long:
   set it well above the longest gap expected between the bot's messages (60 s, say).
   ``ServerConfig.idle_timeout_ms``, ``handshake_timeout_ms`` and ``max_request_head`` are not
-  used here; uvicorn has no request-head timeout (put a proxy in front), hypercorn's is
-  ``read_timeout``.
+  used here. uvicorn has no request-head timeout (put a proxy in front); hypercorn closes a
+  connection whose request head is still incomplete after ``keep_alive_timeout`` (5 s; also
+  ``read_timeout`` of silence, if set), without a response (the socket adapters answer 408).
 * Shutdown. Both servers deal with open WebSockets *before* sending ``lifespan.shutdown``:
   uvicorn closes them at once with 1012; hypercorn lets them run for ``graceful_timeout`` (3 s)
   and then cancels the app (the bot gets 1011, the handler ``Disconnected(1006)``). To drain
@@ -67,6 +68,9 @@ does not.)
   depend on codes.
 * Whole messages only. ASGI servers deliver complete messages: when a bot vanishes in the
   middle of one, its received part is lost (the socket adapters deliver it).
+* The bot's close frame is answered by the server as soon as it parses it, ahead of the app:
+  a pong for a latency ping that arrived together with the close is not sent (the handler
+  still gets the ping). The socket adapters handle a read in order, pong first.
 * TLS is the server's (uvicorn ``--ssl-certfile``/``--ssl-keyfile``, hypercorn
   ``--certfile``/``--keyfile``): ``ServerOptions.ssl`` is ignored, with a warning, and
   ``ConnectionInfo.secure`` comes from the scope's scheme. So are ``read_size`` and the
@@ -93,6 +97,7 @@ from meetstream_live import (
     route_request,
 )
 
+from ._aio import HandlerRunner
 from ._common import (
     GOING_AWAY,
     INTERNAL_ERROR,
@@ -104,7 +109,6 @@ from ._common import (
     log,
     now_ms,
 )
-from .asyncio import _Runner
 
 __all__ = ["RECOMMENDED_MAX_MESSAGE_SIZE", "ASGIApp", "Receive", "Scope", "Send"]
 
@@ -347,7 +351,7 @@ class _WebSocket:
         self.receive = receive
         self.send = send
         self.peer = "unknown"
-        self.runner: _Runner | None = None
+        self.runner: HandlerRunner | None = None
         self.handler_failed = False
         #: The close code and reason this app sent, if it did.
         self.close_sent: tuple[int, str] | None = None
@@ -376,7 +380,7 @@ class _WebSocket:
             log.error("handler factory failed for %s: %r", info.peer, exc, exc_info=exc)
             handler = Handler()  # a no-op one, so that the close below completes normally
             self.handler_failed = True
-        runner = self.runner = _Runner(handler, self._handler_error)
+        runner = self.runner = HandlerRunner(handler, self._handler_error)
         lost_reason = "connection ended without a disconnect message"
         self._reading = True
         try:
@@ -404,7 +408,7 @@ class _WebSocket:
                 if self._error_close is not None:
                     await self._error_close
 
-    async def _read_loop(self, runner: _Runner) -> None:
+    async def _read_loop(self, runner: HandlerRunner) -> None:
         session, limit = self.session, self.options.max_pending_bytes
         while True:
             message = await self.receive()

@@ -19,21 +19,18 @@ from meetstream_live import (
     BotClosed,
     BotConnection,
     BotState,
-    Disconnected,
     Event,
     parse_ws_url,
 )
 
+from ._aio import HandlerRunner
 from ._common import (
     ConnectionDriver,
-    Handler,
     HandlerFactory,
     ServerOptions,
     Step,
-    deliver,
     handshake_outcome,
     log,
-    media_size,
     now_ms,
 )
 
@@ -52,53 +49,6 @@ async def _with_deadline(awaitable: Awaitable[T], seconds: float | None) -> T:
     return await asyncio.wait_for(awaitable, seconds)  # pragma: no cover - Python 3.10
 
 
-class _Runner:
-    """Calls one connection's handler off the loop, in order, and counts the media waiting."""
-
-    def __init__(self, handler: Handler, on_error: Callable[[Exception], None]) -> None:
-        self.handler = handler
-        self.pending = 0
-        self.error: Exception | None = None
-        self._on_error = on_error
-        self._batches: deque[list[Event]] = deque()
-        self._task: asyncio.Task[None] | None = None
-        self._progress = asyncio.Event()
-
-    def submit(self, events: list[Event]) -> None:
-        self.pending += media_size(events)
-        self._batches.append(events)
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._batches:
-            batch: list[Event] = []
-            while self._batches:
-                batch += self._batches.popleft()
-            if self.error is not None:  # after a failure the handler only hears of the end
-                batch = [e for e in batch if isinstance(e, Disconnected)]
-            error = await loop.run_in_executor(None, deliver, self.handler, batch)
-            self.pending -= media_size(batch)
-            self._progress.set()
-            if error is not None and self.error is None:
-                self.error = error
-                self._on_error(error)
-
-    async def wait_below(self, limit: int) -> bool:
-        """Wait while too much media is pending; True if the reader had to pause."""
-        paused = False
-        while self.pending > limit and self.error is None:
-            paused = True
-            self._progress.clear()
-            await self._progress.wait()
-        return paused
-
-    async def finish(self) -> None:
-        while self._task is not None and not self._task.done():
-            await asyncio.shield(self._task)
-
-
 class _Connection:
     def __init__(
         self, driver: ConnectionDriver, writer: asyncio.StreamWriter, options: ServerOptions
@@ -106,7 +56,7 @@ class _Connection:
         self.driver = driver
         self.writer = writer
         self.options = options
-        self.runner: _Runner | None = None
+        self.runner: HandlerRunner | None = None
 
     def write(self, step: Step) -> None:
         if step.out and not self.writer.is_closing():
@@ -114,7 +64,7 @@ class _Connection:
         if step.events:
             if self.runner is None:
                 assert self.driver.handler is not None
-                self.runner = _Runner(self.driver.handler, self.handler_failed)
+                self.runner = HandlerRunner(self.driver.handler, self.handler_failed)
             self.runner.submit(step.events)
 
     def handler_failed(self, exc: Exception) -> None:
@@ -260,7 +210,8 @@ class AsyncioBot:
     """A MeetStream bot on asyncio streams: ``bot = await AsyncioBot.connect(url)``.
 
     ``send_*`` write at once (and wait for the socket buffer to drain); :meth:`next_event`
-    returns what the receiver sent (pongs, the close).
+    returns what the receiver sent (pongs, the close). :meth:`close` does the whole close
+    handshake; with a reader task of your own, :meth:`start_close` only sends the close frame.
     """
 
     def __init__(
@@ -318,7 +269,10 @@ class AsyncioBot:
         except OSError:
             data = b""
         events = self.conn.receive_data(data, self.clock())
-        await self._flush()  # answers to WebSocket pings and closes
+        # Answers to WebSocket pings and closes. The receiver may have reset the connection
+        # already: the events still count (a close read before the reset is a BotClosed).
+        with contextlib.suppress(OSError):
+            await self._flush()
         return events
 
     async def send_start(self, bot_id: str, **fields: Any) -> None:
@@ -353,11 +307,18 @@ class AsyncioBot:
             self._events.extend(await _with_deadline(self._read_events(), timeout))
         return self._events.popleft()
 
-    async def close(self, code: int = 1000, reason: str = "", timeout: float = 10.0) -> BotClosed:
-        """Close handshake; returns the receiver's answer (1006 if it never came)."""
+    async def start_close(self, code: int = 1000, reason: str = "") -> None:
+        """Send the close frame, without reading: for a caller whose own reader task
+        (:meth:`next_event`) gets the receiver's answer as :class:`BotClosed`. Does nothing
+        once the handshake is under way or over; a broken connection is not an error here
+        (the reader sees it)."""
         self.conn.close(code, reason)
         with contextlib.suppress(OSError):
             await self._flush()
+
+    async def close(self, code: int = 1000, reason: str = "", timeout: float = 10.0) -> BotClosed:
+        """Close handshake; returns the receiver's answer (1006 if it never came)."""
+        await self.start_close(code, reason)
         try:
             while True:
                 event = await self.next_event(timeout)
