@@ -47,6 +47,7 @@ __all__ = [
     "deliver",
     "handshake_outcome",
     "media_size",
+    "observe",
     "now_ms",
 ]
 
@@ -228,10 +229,7 @@ class ConnectionDriver:
         for_handler: list[Event] = []
         for event in events:
             if observer is not None:
-                try:
-                    observer(event)
-                except Exception as exc:  # metrics must never take a stream down
-                    log.error("observer failed on %r: %r", type(event).__name__, exc)
+                observe(observer, event)
             if isinstance(event, HTTPRequest):
                 self._answer(event)
             elif isinstance(event, Accepted):
@@ -288,6 +286,15 @@ def handshake_outcome(events: Iterable[Event]) -> bool | None:
         if isinstance(event, BotClosed):
             raise HandshakeFailed(None, event.reason or f"closed ({event.code})")
     return None
+
+
+def observe(observer: Callable[[Event], None], event: Event) -> None:
+    """Give an event to ``ServerOptions.observer``: its errors are logged, never fatal
+    (metrics must not take a stream down)."""
+    try:
+        observer(event)
+    except Exception as exc:
+        log.error("observer failed on %s: %r", type(event).__name__, exc)
 
 
 def deliver(handler: Handler, events: Iterable[Event]) -> Exception | None:

@@ -108,6 +108,7 @@ from ._common import (
     ServerOptions,
     log,
     now_ms,
+    observe,
 )
 
 __all__ = ["RECOMMENDED_MAX_MESSAGE_SIZE", "ASGIApp", "Receive", "Scope", "Send"]
@@ -228,7 +229,7 @@ class ASGIApp:
 
     def _observe(self, event: Event) -> None:
         if self.options.observer is not None:
-            self.options.observer(event)
+            observe(self.options.observer, event)
 
     def _overloaded(self) -> bool:
         return not self._accepting or len(self._connections) >= self.options.max_connections

@@ -838,3 +838,38 @@ async def test_disconnect_before_accept() -> None:
     await asyncio.wait_for(ASGIApp(recorder)(scope, receive, send), TIMEOUT)
     assert sent == []
     assert recorder.handlers == []
+
+
+async def test_an_observer_that_raises_does_not_break_the_stream() -> None:
+    """ServerOptions promises observer errors are logged, never fatal: ASGI too."""
+    from meetstream_live.adapters import ServerOptions
+    from meetstream_live.adapters.asgi import ASGIApp
+
+    def broken(event: object) -> None:
+        raise RuntimeError("metrics are down")
+
+    received: list[bytes] = []
+
+    class Keep(Handler):
+        def on_chunk(self, event: Any) -> None:
+            received.append(event.data)
+
+    app = ASGIApp(lambda info: Keep(), ServerOptions(observer=broken))
+    messages = [
+        {"type": "websocket.connect"},
+        {"type": "websocket.receive", "text": '{"type":"video_stream_start","bot_id":"b"}'},
+        {"type": "websocket.receive", "bytes": b"media"},
+        {"type": "websocket.disconnect", "code": 1000},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(dict(message))
+
+    scope = {"type": "websocket", "path": "/", "query_string": b"", "headers": [], "root_path": ""}
+    await asyncio.wait_for(app(scope, receive, send), 10)
+    assert sent[0]["type"] == "websocket.accept"
+    assert received == [b"media"]
