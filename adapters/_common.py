@@ -47,8 +47,8 @@ __all__ = [
     "deliver",
     "handshake_outcome",
     "media_size",
-    "observe",
     "now_ms",
+    "observe",
 ]
 
 log = logging.getLogger("meetstream_live")
