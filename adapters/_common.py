@@ -145,6 +145,10 @@ class ServerOptions:
     drain_timeout: float = 30.0
     #: Media waiting for a handler, per connection, above which the socket is not read.
     max_pending_bytes: int = 4 * 1024 * 1024
+    #: Threads that run handler calls (asyncio, ASGI, trio), shared by all connections: a
+    #: connection uses one at a time. Enough that blocking handlers (fsync at a stream's end,
+    #: hooks) do not hold up the other streams.
+    handler_threads: int = 64
     #: Bytes asked of the socket per read.
     read_size: int = 256 * 1024
     #: Answers ``http_paths`` requests; without it they get 404.

@@ -3,7 +3,7 @@
 Here the ASGI server parses HTTP and does the WebSocket framing, so this adapter drives the core's
 message layer, :class:`~meetstream_live.Session`, alone. What a request gets is still decided by
 :func:`~meetstream_live.route_request`, as in every other adapter: the same 401, 404, 405, 426
-and 503. Handlers run as in the asyncio adapter: in the loop's default executor, one call at a
+and 503. Handlers run as in the asyncio adapter: in the app's handler threads, one call at a
 time per connection, in order, and ``receive()`` is not called while more than
 ``options.max_pending_bytes`` of media wait for the handler (the ASGI server then stops reading
 the socket: uvicorn holds one message, hypercorn ``max_app_queue_size`` messages).
@@ -97,7 +97,7 @@ from meetstream_live import (
     route_request,
 )
 
-from ._aio import HandlerRunner
+from ._aio import HandlerRunner, handler_pool
 from ._common import (
     GOING_AWAY,
     INTERNAL_ERROR,
@@ -190,6 +190,7 @@ class ASGIApp:
             log.warning("ServerOptions.ssl is ignored by ASGIApp: configure TLS on the server")
         self._connections: set[_WebSocket] = set()
         self._accepting = True
+        self.executor = handler_pool(self.options.handler_threads)
 
     @property
     def active_connections(self) -> int:
@@ -381,7 +382,7 @@ class _WebSocket:
             log.error("handler factory failed for %s: %r", info.peer, exc, exc_info=exc)
             handler = Handler()  # a no-op one, so that the close below completes normally
             self.handler_failed = True
-        runner = self.runner = HandlerRunner(handler, self._handler_error)
+        runner = self.runner = HandlerRunner(handler, self._handler_error, self.app.executor)
         lost_reason = "connection ended without a disconnect message"
         self._reading = True
         try:

@@ -1,6 +1,6 @@
 """The asyncio adapter: a receiver on ``asyncio.start_server`` streams, and a bot client.
 
-The loop only moves bytes: the core decides, the handler runs in the loop's default executor
+The loop only moves bytes: the core decides, the handler runs in the server's handler threads
 (one call at a time per connection, in order), and the socket is not read while more than
 ``max_pending_bytes`` of media wait for the handler.
 """
@@ -13,6 +13,7 @@ import ssl as ssl_module
 import sys
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from meetstream_live import (
@@ -23,7 +24,7 @@ from meetstream_live import (
     parse_ws_url,
 )
 
-from ._aio import HandlerRunner
+from ._aio import HandlerRunner, handler_pool
 from ._common import (
     ConnectionDriver,
     HandlerFactory,
@@ -51,11 +52,11 @@ async def _with_deadline(awaitable: Awaitable[T], seconds: float | None) -> T:
 
 class _Connection:
     def __init__(
-        self, driver: ConnectionDriver, writer: asyncio.StreamWriter, options: ServerOptions
+        self, driver: ConnectionDriver, writer: asyncio.StreamWriter, executor: Executor
     ) -> None:
         self.driver = driver
         self.writer = writer
-        self.options = options
+        self.executor = executor
         self.runner: HandlerRunner | None = None
 
     def write(self, step: Step) -> None:
@@ -64,7 +65,9 @@ class _Connection:
         if step.events:
             if self.runner is None:
                 assert self.driver.handler is not None
-                self.runner = HandlerRunner(self.driver.handler, self.handler_failed)
+                self.runner = HandlerRunner(
+                    self.driver.handler, self.handler_failed, self.executor
+                )
             self.runner.submit(step.events)
 
     def handler_failed(self, exc: Exception) -> None:
@@ -90,6 +93,7 @@ class AsyncioServer:
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._accepting = True
+        self._executor = handler_pool(self.options.handler_threads)
 
     @property
     def sockets(self) -> list[Any]:
@@ -128,6 +132,7 @@ class AsyncioServer:
                 self._connections[task].shut_down(close_timeout)
             if pending:
                 await asyncio.wait(pending)
+        self._executor.shutdown(wait=False)  # every handler has finished
 
     async def __aenter__(self) -> AsyncioServer:
         return self
@@ -148,7 +153,7 @@ class AsyncioServer:
             peer=str(peer),
             overloaded=len(self._connections) >= self.options.max_connections,
         )
-        conn = _Connection(driver, writer, self.options)
+        conn = _Connection(driver, writer, self._executor)
         self._connections[task] = conn
         try:
             await self._read_loop(conn, reader)

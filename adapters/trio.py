@@ -73,8 +73,10 @@ class _Runner:
         nursery: trio.Nursery,
         on_progress: Callable[[], None],
         on_error: Callable[[], None],
+        limiter: trio.CapacityLimiter,
     ) -> None:
         self.handler = handler
+        self.limiter = limiter
         self.pending = 0
         self.error: Exception | None = None
         self._nursery = nursery
@@ -101,7 +103,9 @@ class _Runner:
                     if self.error is not None:
                         # After a failure the handler only hears of the disconnect.
                         batch = [e for e in batch if isinstance(e, Disconnected)]
-                    error = await trio.to_thread.run_sync(deliver, self.handler, batch)
+                    error = await trio.to_thread.run_sync(
+                        deliver, self.handler, batch, limiter=self.limiter
+                    )
                     self.pending -= size
                     if error is not None and self.error is None:
                         self.error = error
@@ -121,10 +125,12 @@ class _Connection:
         stream: trio.abc.Stream,
         options: ServerOptions,
         nursery: trio.Nursery,
+        limiter: trio.CapacityLimiter,
     ) -> None:
         self.driver = driver
         self.stream = stream
         self.options = options
+        self.limiter = limiter
         self.runner: _Runner | None = None
         self._nursery = nursery
         self._write_timeout = options.config.close_timeout_ms / 1000
@@ -254,7 +260,9 @@ class _Connection:
     def _submit(self, events: list[Event]) -> None:
         if self.runner is None:
             assert self.driver.handler is not None
-            self.runner = _Runner(self.driver.handler, self._nursery, self._notify, self._interrupt)
+            self.runner = _Runner(
+                self.driver.handler, self._nursery, self._notify, self._interrupt, self.limiter
+            )
         self.runner.submit(events)
 
     async def _send(self, data: bytes) -> bool:
@@ -282,6 +290,8 @@ class TrioServer:
         self._accepting = True
         self._serving = False
         self._accept_scope = trio.CancelScope()
+        #: The handler threads (``ServerOptions.handler_threads``), shared by all connections.
+        self.limiter = trio.CapacityLimiter(self.options.handler_threads)
 
     @property
     def listeners(self) -> list[trio.SocketListener]:
@@ -375,7 +385,7 @@ class TrioServer:
         conn: _Connection | None = None
         try:
             async with trio.open_nursery() as nursery:  # for the handler runner
-                conn = _Connection(driver, stream, self.options, nursery)
+                conn = _Connection(driver, stream, self.options, nursery, self.limiter)
                 self._connections.add(conn)
                 await conn.run()
                 await conn.aclose()  # close the socket now; the nursery waits for the handler

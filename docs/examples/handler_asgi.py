@@ -60,7 +60,7 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    # Handlers run in the loop's default executor, as with the asyncio adapter.
+    # Handlers run in the app's handler threads, as with the asyncio adapter.
     receiver = ASGIApp(MediaToFilesFactory(out_dir), ServerOptions(drain_timeout=10.0))
     config = uvicorn.Config(
         receiver,

@@ -27,7 +27,7 @@ def main() -> None:
     def ready(bound_port: int) -> None:
         print(bound_port, flush=True)
 
-    # Handlers run in the loop's default executor; use_uvloop=True runs the same on uvloop.
+    # Handlers run in the server's handler threads; use_uvloop=True runs the same on uvloop.
     options = ServerOptions(drain_timeout=10.0)
     run(MediaToFilesFactory(out_dir), "127.0.0.1", port, options, on_ready=ready)
 

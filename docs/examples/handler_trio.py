@@ -27,7 +27,7 @@ def main() -> None:
     def ready(bound_port: int) -> None:
         print(bound_port, flush=True)
 
-    # Handlers run in trio.to_thread worker threads (trio's default limiter: 40 at once).
+    # Handlers run in trio.to_thread worker threads, at most handler_threads at once.
     options = ServerOptions(drain_timeout=10.0)
     run(MediaToFilesFactory(out_dir), "127.0.0.1", port, options, on_ready=ready)
 
