@@ -442,8 +442,12 @@ def test_graceful_shutdown_with_streams_in_flight(adapter: str, media: bytes) ->
     assert handler.disconnected.code == 1001
 
 
-def test_slow_handler_does_not_delay_other_streams(adapter: str, media: bytes) -> None:
-    """A handler that blocks on one stream holds up neither pongs nor data of another."""
+@pytest.mark.parametrize("slow_streams", [1, 8])
+def test_slow_handler_does_not_delay_other_streams(
+    adapter: str, media: bytes, slow_streams: int
+) -> None:
+    """Handlers that block on some streams hold up neither pongs nor data of another (8 is more
+    than a 2-core machine's default executor has threads: the server's own pool must serve)."""
     from meetstream_live.adapters import ConnectionInfo, Handler
 
     gate = threading.Event()
@@ -460,19 +464,24 @@ def test_slow_handler_does_not_delay_other_streams(adapter: str, media: bytes) -
         return Blocking() if info.path == "/slow" else collector(info)
 
     with running_server(adapter, factory) as port:
-        blocked = raw_handshake(port, "/slow")
-        blocked.sendall(masked_frame(0x1, b'{"type":"video_stream_start","bot_id":"slow"}'))
-        blocked.sendall(masked_frame(0x2, media[:1000]))
+        blocked = []
+        for _ in range(slow_streams):
+            sock = raw_handshake(port, "/slow")
+            sock.sendall(masked_frame(0x1, b'{"type":"video_stream_start","bot_id":"slow"}'))
+            sock.sendall(masked_frame(0x2, media[:1000]))
+            blocked.append(sock)
         time.sleep(0.2)
         started = time.monotonic()
         try:
             result = run_ours(url(port), Script(media, ping_every=2))
+            # ... and its handler got everything while the slow ones are still blocked.
+            [handler] = collector.wait_finished(1, timeout=10)
         finally:
             elapsed = time.monotonic() - started
             gate.set()
-            blocked.close()
-        [handler] = collector.wait_finished(1)
-    assert made == ["/slow", "/"]
+            for sock in blocked:
+                sock.close()
+    assert made == ["/slow"] * slow_streams + ["/"]
     assert elapsed < 10
     assert handler.data == media
     assert_pongs(result, "bot-1")
