@@ -31,6 +31,7 @@ from wsproto.utilities import RemoteProtocolError as WSRemoteProtocolError
 
 from ._errors import LocalProtocolError
 from ._events import Accepted, Event, Headers, HTTPRejected, HTTPRequest
+from ._frames import FastLane, fast_lane
 from ._session import DEFAULT_MAX_EARLY_BYTES, DEFAULT_MAX_TEXT_SIZE, Session, SessionState
 
 __all__ = [
@@ -210,6 +211,7 @@ class ServerConnection:
             h11.SERVER, max_incomplete_event_size=self.config.max_request_head
         )
         self._ws: WSConnection | None = None
+        self._lane: FastLane | None = None
         self._out = bytearray()
         self._started_ms = now_ms
         self._last_activity_ms = now_ms
@@ -362,6 +364,7 @@ class ServerConnection:
         ws = handshake.connection
         assert ws is not None
         self._ws = ws
+        self._lane = fast_lane(ws)
         self.state = ConnectionState.OPEN
         events: list[Event] = [Accepted(path, query, headers)]
         trailing, _closed = self._h11.trailing_data
@@ -374,9 +377,30 @@ class ServerConnection:
     def _receive_ws(self, data: bytes, now_ms: int) -> list[Event]:
         ws = self._ws
         assert ws is not None
-        ws.receive_data(data if data else None)
-        session = self.session
         events: list[Event] = []
+        lane = self._lane
+        if lane is None or not data:
+            ws.receive_data(data if data else None)
+            self._drain(ws, events, now_ms)
+            return events
+        # The fast lane (see _frames): binary payloads come straight from it, every other frame
+        # goes through wsproto, drained at each None, in wire order.
+        if data.__class__ is not bytes:  # a bytearray or memoryview from a custom transport
+            data = bytes(data)
+        session = self.session
+        for payload in lane.feed(data):
+            if payload is None:
+                if self._drain(ws, events, now_ms):
+                    break
+                continue
+            events += session.receive_binary(payload)
+            if session.close_request is not None:
+                self._close_requested(now_ms)
+        return events
+
+    def _drain(self, ws: WSConnection, events: list[Event], now_ms: int) -> bool:
+        """Handle wsproto's pending events; true once the connection is closed."""
+        session = self.session
         for ev in ws.events():
             if isinstance(ev, BytesMessage):
                 if not self._discard_input:
@@ -391,13 +415,20 @@ class ServerConnection:
                     self._out += ws.send(ev.response())
             elif isinstance(ev, CloseConnection):
                 events += self._on_close(ws, ev)
-                break
+                return True
             # Pong frames need nothing.
-            request = session.close_request
-            if request is not None and self.state is ConnectionState.OPEN:
-                self._discard_input = True
-                self._start_close(request.code, request.reason, now_ms)
-        return events
+            if session.close_request is not None:
+                self._close_requested(now_ms)
+        return False
+
+    def _close_requested(self, now_ms: int) -> None:
+        """The session asked to close (a policy limit): close, and read no more input."""
+        request = self.session.close_request
+        if request is not None and self.state is ConnectionState.OPEN:
+            self._discard_input = True
+            if self._lane is not None:
+                self._lane.discard = True
+            self._start_close(request.code, request.reason, now_ms)
 
     def _send_replies(self, ws: WSConnection) -> None:
         for text in self.session.messages_to_send():

@@ -1,0 +1,271 @@
+"""The fast lane: binary data frames read here, every other frame byte handed to wsproto.
+
+Why. Stock wsproto spends about 1.6 ns a byte on a binary payload (a ``bytearray`` append, a
+slice, a ``del``, a bytewise masker that copies twice more) and several microseconds a frame in
+``parse_header``: too slow for a media receiver by an order of magnitude (the figures are in
+issue 5). wsproto stays the parser of record; this module only keeps the common frame away
+from it.
+
+The decision (option B of issue 5). Patching wsproto's ``Buffer`` and masker on our instance
+(option A) was measured first: with a C-speed masker and a zero-copy buffer it reached 0.39x,
+0.45x and 0.65x of websockets for 4 KiB, 32 KiB and 256 KiB frames, because wsproto's per-frame
+Python work (``parse_header``, three named tuples, the events generator) stays. This lane,
+with numpy, reaches 0.72x, 0.57x and 0.62x; in pure Python 0.36x, 0.14x and 0.11x (1.4x stock
+wsproto's speed on 4 KiB frames, about the same above: the unmasking bounds it). So
+:class:`FastLane` sits in front of the wsproto :class:`~wsproto.connection.Connection` and reads
+every frame header itself, just far enough to sort the frame:
+
+* **Ours**: a masked data frame, RSV bits 0, length minimally encoded (and below 2**63), that is
+  either ``BINARY`` with no message in flight or ``CONTINUATION`` of a binary message. Its
+  payload is unmasked straight out of the bytes read (:mod:`._mask`: numpy when importable, else
+  pure Python) and given to the caller, one piece per frame per read, exactly as wsproto would
+  have cut it. wsproto never sees these bytes.
+* **wsproto's**: everything else — control frames, text, anything invalid. From its first byte
+  on, the frame goes to wsproto byte for byte, as it arrives, so wsproto accepts, rejects and
+  reports it at the very byte it would have without this lane. We only count the frame's length
+  (from the header bytes we saw go by) to know where the next frame starts.
+
+The only state the two share is the message in flight: wsproto's
+``MessageDecoder.opcode`` stays the record of it. At the end of each of our frames we set it as
+wsproto's own ``process_frame`` would have (``BINARY`` after a non-final frame, ``None`` after a
+final one), and before sorting a ``BINARY``/``CONTINUATION`` header we let wsproto finish every
+byte it was given, so its view is current. Hence what wsproto still validates: every control
+frame (lengths, fragmentation, close codes and reasons), every text frame and its UTF-8, every
+reserved opcode and RSV bit, unmasked frames, non-minimal lengths, and every message-sequence
+error (a ``CONTINUATION`` with no message, a new message inside a fragmented one), including
+when the message in flight is one of ours. We decide only "this is a valid binary data frame";
+we never produce an error ourselves.
+
+Guard. We read and write wsproto internals (``Connection._proto``, its ``_frame_decoder`` and
+``_message_decoder``), so :func:`fast_lane` checks them on every new connection, together with
+the wsproto version (:data:`WSPROTO_TESTED`): on any mismatch it warns (a ``RuntimeWarning``,
+shown once per process under the default filters) and the connection takes the stock path.
+``tests/test_fastpath.py`` checks that both paths give identical events and bytes for any
+stream of valid and invalid frames, split anywhere.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+
+import wsproto
+from wsproto.connection import Connection
+from wsproto.connection import ConnectionState as WSState
+from wsproto.frame_protocol import FrameDecoder, FrameProtocol, MessageDecoder, Opcode
+
+from . import _mask
+from ._mask import Unmask
+
+__all__ = ["MODE", "WSPROTO_TESTED", "FastLane", "fast_lane", "wsproto_mismatch"]
+
+#: The wsproto releases whose internals this module was checked against: ``>= 1.2, < 1.4``
+#: (1.2.0 and 1.3.2 have the same ``frame_protocol`` and ``connection``, ruff reformatting aside).
+WSPROTO_TESTED = ((1, 2), (1, 4))
+
+#: A module switch for tests and benchmarks: ``"auto"`` (numpy when importable, else Python),
+#: ``"numpy"``, ``"python"``, or ``"off"`` for the stock wsproto path. Read per connection.
+MODE = "auto"
+
+
+def _version(text: str) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(part) for part in text.split(".")[:2])
+    except ValueError:
+        return None
+
+
+def wsproto_mismatch(ws: Connection, version: str = wsproto.__version__) -> str | None:
+    """Why the fast lane cannot drive ``ws`` (a new server connection), or ``None`` if it can."""
+    low, high = WSPROTO_TESTED
+    found = _version(version)
+    if found is None or not low <= found < high:
+        return f"wsproto {version} is outside the tested range {low} to {high} (excluded)"
+    proto = getattr(ws, "_proto", None)
+    if not isinstance(proto, FrameProtocol):
+        return "wsproto Connection has no FrameProtocol at ._proto"
+    decoder = getattr(proto, "_frame_decoder", None)
+    if not isinstance(decoder, FrameDecoder):
+        return "wsproto FrameProtocol has no FrameDecoder at ._frame_decoder"
+    messages = getattr(proto, "_message_decoder", None)
+    if not isinstance(messages, MessageDecoder) or "opcode" not in vars(messages):
+        return "wsproto FrameProtocol has no MessageDecoder with .opcode at ._message_decoder"
+    if decoder.client or proto.extensions or decoder.extensions:
+        return "not a server connection without extensions"
+    if ws.state is not WSState.OPEN or decoder.header is not None or len(decoder.buffer):
+        return "wsproto connection is not fresh"
+    if messages.opcode is not None:
+        return "wsproto connection is not fresh"
+    return None
+
+
+def fast_lane(ws: Connection, mode: str | None = None) -> FastLane | None:
+    """A :class:`FastLane` for a fresh wsproto server connection, or ``None`` for the stock path.
+
+    ``mode`` defaults to :data:`MODE`. A wsproto that does not match what the lane was written
+    against is reported with a ``RuntimeWarning`` and gets the stock path.
+    """
+    mode = MODE if mode is None else mode
+    if mode == "off":
+        return None
+    problem = wsproto_mismatch(ws)
+    if problem is not None:
+        warnings.warn(
+            f"meetstream_live: binary fast path off, stock wsproto path used: {problem}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    if mode == "auto":
+        unmask = _mask.best()[1]
+    else:
+        if mode == "numpy":
+            _mask.best()  # registers numpy's unmasker where numpy imports
+        unmask = _mask.BACKENDS[mode]  # KeyError: no such backend here
+    return FastLane(ws, unmask)
+
+
+class FastLane:
+    """Sorts the frames of one server connection between itself and wsproto (see the module).
+
+    ``feed(data)`` yields, in wire order, the unmasked payload pieces of our frames (``bytes``)
+    and ``None`` whenever wsproto must be drained (``ws.events()``) before going on. The caller
+    must drain at every ``None``, handle the events in order, and stop iterating once wsproto
+    closes. Set :attr:`discard` to drop our payloads unread (they are then not unmasked).
+    """
+
+    __slots__ = (
+        "_fast",
+        "_fin",
+        "_head",
+        "_head_fed",
+        "_key",
+        "_left",
+        "_messages",
+        "_unmask",
+        "_ws",
+        "discard",
+    )
+
+    def __init__(self, ws: Connection, unmask: Unmask) -> None:
+        self._ws = ws
+        self._messages: MessageDecoder = ws._proto._message_decoder
+        self._unmask = unmask
+        #: When true, payloads of our frames are consumed and dropped, not unmasked.
+        self.discard = False
+        self._head = b""  # the start of a frame header, not complete yet
+        self._head_fed = False  # ... already given to wsproto: the frame is wsproto's
+        self._left = 0  # bytes still to come: of our frame's payload, or of wsproto's frame
+        self._fast = False  # the frame being read is ours
+        self._key = b""  # our frame's masking key, rotated to the next payload byte
+        self._fin = False  # our frame's FIN bit
+
+    def feed(self, data: bytes) -> Iterator[bytes | None]:
+        """Read ``data`` (not EOF: give ``None`` to wsproto directly); see the class docstring."""
+        ws = self._ws
+        size = len(data)
+        pos = 0
+        fed = False  # wsproto was given bytes since it was last drained
+        while True:
+            left = self._left
+            if left:
+                end = pos + left
+                if end > size:
+                    end = size
+                if end == pos:
+                    break
+                self._left = left - (end - pos)
+                if not self._fast:
+                    ws.receive_data(data[pos:end])
+                    fed = True
+                    pos = end
+                    continue
+                start, pos, key = pos, end, self._key
+                if self._left:
+                    shift = (end - start) & 3
+                    if shift:
+                        self._key = key[shift:] + key[:shift]
+                else:
+                    self._messages.opcode = None if self._fin else Opcode.BINARY
+                if not self.discard:
+                    yield self._unmask(data, start, end, key)
+                continue
+            if pos == size:
+                break
+
+            # A frame boundary: sort the frame by its header.
+            head = self._head
+            if head:
+                buf = head + data[pos : pos + 14]
+                at = 0
+            else:
+                buf = data
+                at = pos
+            avail = len(buf) - at
+            kind = buf[at] & 0x7F  # RSV bits and opcode
+            ours = False
+            if (kind == 0x2 or kind == 0x0) and not self._head_fed:
+                if fed:
+                    yield None  # wsproto's view of the message in flight must be current
+                    fed = False
+                if kind == 0x2:
+                    ours = self._messages.opcode is None
+                else:
+                    ours = self._messages.opcode is Opcode.BINARY
+            length = -1  # the payload length, once known
+            hlen = 2  # the header length, once the second byte is known
+            if avail >= 2:
+                second = buf[at + 1]
+                code = second & 0x7F
+                if code < 126:
+                    length = code
+                elif code == 126:
+                    hlen = 4
+                    if avail >= 4:
+                        length = buf[at + 2] << 8 | buf[at + 3]
+                        if length < 126:
+                            ours = False
+                else:
+                    hlen = 10
+                    if avail >= 10:
+                        length = int.from_bytes(buf[at + 2 : at + 10], "big")
+                        if length < 0x10000 or length >> 63:
+                            ours = False
+                if second & 0x80:
+                    hlen += 4
+                else:
+                    ours = False
+
+            if ours:
+                if length < 0 or avail < hlen:
+                    self._head = buf[at:]  # wait for the rest of the header
+                    break
+                key = buf[at + hlen - 4 : at + hlen]
+                pos += hlen - len(head)
+                self._head = b""
+                if length:
+                    self._left = length
+                    self._fast = True
+                    self._key = key
+                    self._fin = buf[at] >= 0x80
+                else:
+                    self._messages.opcode = None if buf[at] >= 0x80 else Opcode.BINARY
+                continue
+
+            # wsproto's frame: give it what we have of it, from its first byte on.
+            if head and not self._head_fed:
+                ws.receive_data(head)
+                fed = True
+            if length >= 0:
+                self._left = hlen + length - len(head)
+                self._fast = False
+                self._head = b""
+                self._head_fed = False
+                continue
+            ws.receive_data(data[pos:])
+            fed = True
+            self._head = buf[at:]
+            self._head_fed = True
+            break
+        if fed:
+            yield None
