@@ -14,14 +14,16 @@ export HYPOTHESIS_PROFILE ?= ci
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help venv install node-deps lint typecheck test serve clean
+.PHONY: help venv install node-deps lint typecheck test soak serve bench clean
 
 help:
 	@echo "make install    create $(VENV) (if missing), editable install with [test,trio], npm ci"
 	@echo "make lint       ruff check"
 	@echo "make typecheck  mypy --strict on the installed package meetstream_live"
 	@echo "make test       install, lint, typecheck, then pytest with coverage"
+	@echo "make soak       the long soak: 200 bots at 4 Mbit/s for 10 min per adapter (slow)"
 	@echo "make serve      install, then run the receiver (recordings go to ./recordings)"
+	@echo "make bench      install [bench] + node peers, run every benchmark, write docs/benchmarks.md"
 	@echo "make clean      remove build, cache and coverage files (keeps $(VENV) and its editable install)"
 
 # The interpreter is the stamp for the venv: created once, pip upgraded once. A failed
@@ -55,8 +57,24 @@ typecheck: install
 test: install lint typecheck
 	$(PY) -m pytest --cov=meetstream_live --cov-branch --cov-report=term
 
+# The tests marked slow (excluded by default): the long soak of tests/reliability/test_soak.py.
+# SOAK_BOTS / SOAK_SECONDS change its size; SOAK_ARGS='-k asyncio' picks adapters.
+SOAK_ARGS ?=
+soak: install
+	$(PY) -m pytest -m slow -s tests/reliability/test_soak.py $(SOAK_ARGS)
+
 serve: install
 	$(VENV)/bin/meetstream-live serve --output ./recordings
+
+# Not part of `make test`: it takes a long while and wants a quiet machine. Results land in
+# benchmarks/results/ (raw JSON), docs/benchmarks.md and docs/img/bench_*.png.
+# `make bench BENCH_ARGS=--quick` for a short validating run; `--tmpdir /dev/shm` records to tmpfs.
+BENCH_ARGS ?=
+bench: install
+	$(PY) -m pip install -e '.[test,trio,bench]' --config-settings editable_mode=strict
+	$(NPM) ci --prefix benchmarks/peers --no-audit --no-fund
+	$(PY) -m benchmarks all --out benchmarks/results/all.json $(BENCH_ARGS)
+	$(PY) -m benchmarks report benchmarks/results/all.json
 
 # Keeps $(VENV) and build/__editable__.* (the link tree the editable install points at).
 clean:
