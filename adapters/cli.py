@@ -388,6 +388,8 @@ def _simulate(args: argparse.Namespace) -> int:
             token=args.token,
             progress=None if args.quiet else sys.stderr,
             timeout=args.timeout,
+            chaos=args.chaos or (),
+            seed=args.seed,
         )
     )
     print(format_simulation(result))
@@ -635,6 +637,13 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
                      help="pace by media time (each fragment when its media is complete) "
                      "instead of as fast as possible")
     _duration(sim, "--ping-interval", "1s", "time between latency pings")
+    from .simulate import CHAOS
+
+    sim.add_argument("--chaos", action="append", choices=sorted(CHAOS), metavar="FAULT",
+                     help="play a fault (repeat to combine): "
+                     + "; ".join(f"{name}: {text}" for name, text in CHAOS.items()))
+    sim.add_argument("--seed", type=int, default=0,
+                     help="seed of the random choices --chaos makes (same seed, same run)")
     sim.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
     chk = commands.add_parser(

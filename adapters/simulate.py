@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import random
+import socket
 import ssl as ssl_module
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -40,6 +42,7 @@ from .asyncio import AsyncioBot
 from .recorder import fragment_seconds
 
 __all__ = [
+    "CHAOS",
     "CheckItem",
     "MediaPlan",
     "SimulationResult",
@@ -131,9 +134,7 @@ def auth_headers(token: str | None) -> tuple[tuple[bytes, bytes], ...]:
 async def _close(bot: AsyncioBot, reader: asyncio.Task[BotClosed], timeout: float) -> BotClosed:
     """Send our close frame while the reader task keeps reading; wait for its answer."""
     try:
-        if bot.conn.state is BotState.OPEN:
-            bot.conn.close(1000)
-            await bot._flush()  # AsyncioBot.close() would read too, racing the reader task
+        await bot.start_close(1000)  # AsyncioBot.close() would read too, racing the reader
         return await asyncio.wait_for(asyncio.shield(reader), timeout)
     except (OSError, TimeoutError, LocalProtocolError):
         return BotClosed(1006, "no close frame from the receiver")
@@ -142,6 +143,75 @@ async def _close(bot: AsyncioBot, reader: asyncio.Task[BotClosed], timeout: floa
         reader.cancel()
         with contextlib.suppress(BaseException):
             await reader
+
+
+# ---------------------------------------------------------------------------- chaos
+
+#: The faults ``simulate(chaos=...)`` (``meetstream-live simulate --chaos NAME``) can play, so
+#: that anyone can run them against their own receiver. Each works on its own; several combine.
+CHAOS: dict[str, str] = {
+    "split": "binary messages cut at random sizes (1 byte to 2x --chunk-size) that split "
+    "boxes and straddle fragments",
+    "big-keyframes": "each fragment sent as one 5-20 MiB message (a random-size 'free' box, "
+    "which players skip, in front of it)",
+    "early-binary": "the init segment sent before video_stream_start",
+    "no-end": "no video_stream_end: close 1000 right after the media",
+    "reset": "a TCP reset in the middle of a random fragment (the stream is cut there)",
+    "reconnect": "a reset mid-fragment, then a new connection with the same bot_id that "
+    "streams the whole file",
+    "duplicate": "two concurrent connections per bot with the same bot_id, both streaming",
+    "slow-reader": "the bot reads the receiver's answers slowly (0.05-0.2 s between reads)",
+    "ping-storm": "20 latency pings after every binary message, every one to be answered",
+}
+
+BIG_KEYFRAME_MIN = 5 * 1024 * 1024
+BIG_KEYFRAME_MAX = 20 * 1024 * 1024
+
+
+def _free_box(size: int) -> bytes:
+    """An ISO-BMFF ``free`` box of ``size`` bytes (header included): players skip it."""
+    return struct.pack(">I4s", size, b"free") + bytes(size - 8)
+
+
+def _messages(
+    plan: MediaPlan, chunk_size: int, chaos: frozenset[str], rng: random.Random
+) -> list[tuple[float, list[bytes]]]:
+    """The binary messages of one stream, grouped per segment with the media time at which
+    the segment is due: ``[(due, [message, ...]), ...]``."""
+    groups: list[tuple[float, list[bytes]]] = []
+    carry = b""
+    for index, segment in enumerate(plan.segments):
+        data = carry + plan.data[segment.start : segment.end]
+        carry = b""
+        if "big-keyframes" in chaos and index > 0:
+            padding = _free_box(rng.randint(BIG_KEYFRAME_MIN, BIG_KEYFRAME_MAX))
+            groups.append((segment.due, [padding + data]))
+            continue
+        if "split" in chaos:
+            pieces: list[bytes] = []
+            position = 0
+            while position < len(data):
+                size = rng.randint(1, 2 * chunk_size)
+                pieces.append(data[position : position + size])
+                position += size
+            if index + 1 < len(plan.segments) and pieces and rng.random() < 0.5:
+                carry = pieces.pop()  # straddles this fragment and the next
+            groups.append((segment.due, pieces))
+            continue
+        groups.append((segment.due, [data[i : i + chunk_size]
+                                     for i in range(0, len(data), chunk_size)]))
+    if carry:
+        groups.append((plan.duration, [carry]))
+    return groups
+
+
+def _reset(bot: AsyncioBot) -> None:
+    """Drop the connection with a TCP RST (SO_LINGER 0), as a killed bot's kernel may."""
+    sock = bot._writer.transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    bot.abort()
 
 
 # ---------------------------------------------------------------------------- simulate
@@ -157,10 +227,17 @@ class BotResult:
     unanswered: int = 0
     close_code: int | None = None
     error: str | None = None
+    #: The connection was cut on purpose (``reset``; the first one of ``reconnect``).
+    cut: bool = False
+    #: Bytes sent on this connection, per stream offset: what the receiver must have kept
+    #: (all of it, or a prefix when ``cut``).
+    sent: bytearray = field(default_factory=bytearray, repr=False)
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.unanswered == 0 and self.close_code == 1000
+        if self.error is not None or self.unanswered:
+            return False
+        return self.cut or self.close_code == 1000
 
 
 @dataclass
@@ -199,23 +276,38 @@ class _Progress:
         self.stream.flush()
 
 
+@dataclass(frozen=True)
+class _BotSettings:
+    url: str
+    chunk_size: int
+    realtime: bool
+    ping_interval: float
+    pong_timeout: float
+    context: ssl_module.SSLContext | None
+    headers: tuple[tuple[bytes, bytes], ...]
+    timeout: float
+    chaos: frozenset[str]
+    keep_sent: bool
+
+
 async def _run_bot(
-    url: str,
+    settings: _BotSettings,
     bot_id: str,
     plan: MediaPlan,
-    *,
-    chunk_size: int,
-    realtime: bool,
-    ping_interval: float,
-    pong_timeout: float,
-    context: ssl_module.SSLContext | None,
-    headers: tuple[tuple[bytes, bytes], ...],
     progress: _Progress,
-    timeout: float,
+    rng: random.Random,
+    *,
+    cut: bool = False,
 ) -> BotResult:
+    """One connection: start, the media, pings, end, close 1000 (as ``settings.chaos`` says).
+    With ``cut``, the connection is reset in the middle of a random fragment instead."""
+    chaos = settings.chaos
     result = BotResult(bot_id)
     try:
-        bot = await AsyncioBot.connect(url, ssl=context, headers=headers, timeout=timeout)
+        bot = await AsyncioBot.connect(
+            settings.url, ssl=settings.context, headers=settings.headers,
+            timeout=settings.timeout,
+        )
     except (HandshakeFailed, OSError, TimeoutError) as exc:
         result.error = f"connect: {exc}"
         return result
@@ -223,6 +315,8 @@ async def _run_bot(
 
     async def read() -> BotClosed:
         while True:
+            if "slow-reader" in chaos:
+                await asyncio.sleep(rng.uniform(0.05, 0.2))
             event = await bot.next_event()
             if isinstance(event, PongReceived):
                 progress.pongs += 1
@@ -235,6 +329,7 @@ async def _run_bot(
 
     reader = asyncio.create_task(read())
     seq = 0
+    ping_interval = settings.ping_interval
 
     async def ping() -> None:
         nonlocal seq
@@ -242,37 +337,64 @@ async def _run_bot(
         await bot.send_ping(seq)
         result.pings += 1
 
+    async def send(message: bytes) -> None:
+        if reader.done():
+            raise ConnectionError("the receiver closed the connection")
+        await bot.send_chunk(message)
+        result.bytes_sent += len(message)
+        progress.sent += len(message)
+        if settings.keep_sent:
+            result.sent += message
+
+    groups = _messages(plan, settings.chunk_size, chaos, rng)
+    cut_group = rng.randrange(1, len(groups)) if cut and len(groups) > 1 else None
     try:
+        if "early-binary" in chaos and groups:
+            for message in groups[0][1]:
+                await send(message)
+            groups = [(groups[0][0], []), *groups[1:]]
         await bot.send_start(bot_id, **START_FIELDS)
         await ping()
         started = time.monotonic()
         next_ping = started + ping_interval
-        for segment in plan.segments:
-            if realtime:
-                delay = started + segment.due - time.monotonic()
+        for index, (due, messages) in enumerate(groups):
+            if settings.realtime:
+                delay = started + due - time.monotonic()
                 while delay > 0:
                     until_ping = next_ping - time.monotonic() if ping_interval > 0 else delay
                     await asyncio.sleep(min(delay, max(0.0, until_ping)))
                     if ping_interval > 0 and time.monotonic() >= next_ping:
                         await ping()
                         next_ping += ping_interval
-                    delay = started + segment.due - time.monotonic()
-            for chunk in plan.chunks(segment, chunk_size):
-                if reader.done():
-                    raise ConnectionError("the receiver closed the connection")
-                await bot.send_chunk(chunk)
-                result.bytes_sent += len(chunk)
-                progress.sent += len(chunk)
+                    delay = started + due - time.monotonic()
+            if index == cut_group:
+                whole = b"".join(messages)
+                if whole:
+                    await send(whole[: rng.randrange(1, len(whole) + 1)])
+                await asyncio.sleep(0.05)  # let the bytes leave before the reset
+                result.cut = True
+                _reset(bot)
+                reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await reader
+                progress.done += 1
+                return result
+            for message in messages:
+                await send(message)
+                if "ping-storm" in chaos:
+                    for _ in range(20):
+                        await ping()
                 if time.monotonic() >= next_ping:
                     await ping()
                     next_ping += ping_interval
                 progress.show(progress.connected)
         await ping()
         # Give the last pongs their time before ending the stream.
-        deadline = time.monotonic() + pong_timeout
+        deadline = time.monotonic() + settings.pong_timeout
         while bot.conn.outstanding_pings and time.monotonic() < deadline and not reader.done():
             await asyncio.sleep(0.01)
-        await bot.send_end(plan.duration)
+        if "no-end" not in chaos:
+            await bot.send_end(plan.duration)
     except (OSError, LocalProtocolError) as exc:
         with contextlib.suppress(TimeoutError):  # did the receiver close? let the reader tell
             await asyncio.wait_for(asyncio.shield(reader), 1.0)
@@ -281,11 +403,29 @@ async def _run_bot(
             result.error = f"the receiver closed the connection ({closed.code} {closed.reason})"
         else:
             result.error = f"{type(exc).__name__}: {exc}"
-    closed = await _close(bot, reader, timeout)
+    closed = await _close(bot, reader, settings.timeout)
     result.close_code = closed.code
     result.unanswered = len(bot.conn.outstanding_pings)
     progress.done += 1
     return result
+
+
+async def _run_chaos_bot(
+    settings: _BotSettings, bot_id: str, plan: MediaPlan, progress: _Progress, seed: int
+) -> list[BotResult]:
+    """One simulated bot: one connection, or the several its chaos options call for."""
+    rng = random.Random(f"{seed}:{bot_id}")
+    chaos = settings.chaos
+    if "duplicate" in chaos:
+        twins = [random.Random(f"{seed}:{bot_id}:{n}") for n in range(2)]
+        results = await asyncio.gather(
+            *(_run_bot(settings, bot_id, plan, progress, twin) for twin in twins)
+        )
+        return list(results)
+    if "reconnect" in chaos:
+        first = await _run_bot(settings, bot_id, plan, progress, rng, cut=True)
+        return [first, await _run_bot(settings, bot_id, plan, progress, rng)]
+    return [await _run_bot(settings, bot_id, plan, progress, rng, cut="reset" in chaos)]
 
 
 async def simulate(
@@ -302,23 +442,30 @@ async def simulate(
     token: str | None = None,
     progress: IO[str] | None = None,
     timeout: float = 10.0,
+    chaos: Collection[str] = (),
+    seed: int = 0,
+    keep_sent: bool = False,
 ) -> SimulationResult:
-    """Run ``bots`` bots at once against ``url``; each streams ``plan`` and closes with 1000."""
-    context = client_ssl(url, cafile)
+    """Run ``bots`` bots at once against ``url``; each streams ``plan`` and closes with 1000,
+    unless ``chaos`` (names from :data:`CHAOS`) says otherwise. ``seed`` makes the random
+    choices repeatable; ``keep_sent`` keeps each connection's bytes in ``BotResult.sent``."""
+    unknown = set(chaos) - set(CHAOS)
+    if unknown:
+        raise ValueError(f"unknown chaos option(s): {', '.join(sorted(unknown))}")
+    settings = _BotSettings(
+        url=url, chunk_size=chunk_size, realtime=realtime, ping_interval=ping_interval,
+        pong_timeout=pong_timeout, context=client_ssl(url, cafile),
+        headers=auth_headers(token), timeout=timeout, chaos=frozenset(chaos),
+        keep_sent=keep_sent,
+    )
     state = _Progress(progress, len(plan.data) * bots)
     began = time.monotonic()
     names = [bot_id if bots == 1 else f"{bot_id}-{i + 1}" for i in range(bots)]
-    tasks = [
-        _run_bot(
-            url, name, plan, chunk_size=chunk_size, realtime=realtime,
-            ping_interval=ping_interval, pong_timeout=pong_timeout, context=context,
-            headers=auth_headers(token), progress=state, timeout=timeout,
-        )
-        for name in names
-    ]
-    results = list(await asyncio.gather(*tasks))
+    groups = await asyncio.gather(
+        *(_run_chaos_bot(settings, name, plan, state, seed) for name in names)
+    )
     state.show(bots, final=True)
-    return SimulationResult(results, time.monotonic() - began)
+    return SimulationResult([r for group in groups for r in group], time.monotonic() - began)
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -335,7 +482,8 @@ def format_simulation(result: SimulationResult) -> str:
         lines.append(
             f"{bot.bot_id}: {status}{detail}: {bot.bytes_sent} bytes, {bot.pings} pings, "
             f"{len(bot.round_trips)} pongs, {bot.unanswered} unanswered, "
-            f"{bot.unmatched} unmatched, close {bot.close_code}"
+            f"{bot.unmatched} unmatched, "
+            + ("cut on purpose" if bot.cut else f"close {bot.close_code}")
         )
     rtts = [rtt for bot in result.bots for rtt in bot.round_trips]
     sent = sum(bot.bytes_sent for bot in result.bots)
