@@ -154,6 +154,13 @@ def _target(path: str, query: str) -> str:
     return path + "?" + query if query else path
 
 
+def _head_size(method: str, target: str, headers: Headers) -> int:
+    """The request head's size as it was on the wire, near enough (ASGI servers do not all
+    bound it: uvicorn's httptools and hypercorn's h11 accept a large head read at once)."""
+    line = len(method) + len(target) + len(" HTTP/1.1\r\n") + 1
+    return line + sum(len(name) + len(value) + 4 for name, value in headers) + 2
+
+
 def _peer(scope: Scope) -> str:
     client = scope.get("client")
     return str(tuple(client)) if client else "unknown"
@@ -255,7 +262,12 @@ class ASGIApp:
         path, query, headers = _request_parts(scope)
         target = _target(path, query)
         decision = route_request(
-            self.options.config, method, target, headers, overloaded=self._overloaded()
+            self.options.config,
+            method,
+            target,
+            headers,
+            overloaded=self._overloaded(),
+            head_size=_head_size(method, target, headers),
         )
         if isinstance(decision, Reject):
             self._rejected(scope, decision)
@@ -282,12 +294,14 @@ class ASGIApp:
         if not any(name == b"upgrade" and b"websocket" in value.lower() for name, value in headers):
             # The scope type is the upgrade (HTTP/2 and HTTP/3 WebSockets have no such header).
             headers += ((b"upgrade", b"websocket"),)
+        target = _target(path, query)
         decision = route_request(
             self.options.config,
             "GET",
-            _target(path, query),
+            target,
             headers,
             overloaded=self._overloaded(),
+            head_size=_head_size("GET", target, headers),
         )
         if isinstance(decision, Reject):
             self._rejected(scope, decision)

@@ -7,6 +7,8 @@ messages. :class:`ServerConnection` owns the glue, the HTTP answers and the dead
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import hmac
 import http
@@ -124,6 +126,18 @@ def _authorized(token: str, query: str, headers: Headers) -> bool:
     return any(results)
 
 
+def _valid_key(headers: Headers) -> bool:
+    """``Sec-WebSocket-Key``, when present, must be 16 bytes in base64 (RFC 6455 4.1); a missing
+    one is the handshake validator's to refuse."""
+    for name, value in headers:
+        if name == b"sec-websocket-key":
+            try:
+                return len(base64.b64decode(value.strip(), validate=True)) == 16
+            except (ValueError, binascii.Error):
+                return False
+    return True
+
+
 def route_request(
     config: ServerConfig,
     method: str,
@@ -131,13 +145,17 @@ def route_request(
     headers: Headers,
     *,
     overloaded: bool = False,
+    head_size: int | None = None,
 ) -> Route | Reject:
     """Decide what an HTTP request gets, before any WebSocket handshake validation.
 
     Shared by :class:`ServerConnection` and by stacks that parse HTTP themselves (ASGI), so that
-    every transport answers 401, 404, 405, 426 and 503 the same way. Header names must be
-    lower-case, as h11 and ASGI give them.
+    every transport answers 400, 401, 404, 405, 426, 431 and 503 the same way. Header names
+    must be lower-case, as h11 and ASGI give them. ``head_size``: the request head's size, for
+    stacks that do not bound it themselves (431 over ``config.max_request_head``).
     """
+    if head_size is not None and head_size > config.max_request_head:
+        return Reject(431, f"request head over {config.max_request_head} bytes")
     try:
         parts = urlsplit(target)
     except ValueError as exc:
@@ -157,6 +175,8 @@ def route_request(
             path,
             ((b"Upgrade", b"websocket"),),
         )
+    if not _valid_key(headers):
+        return Reject(400, "bad Sec-WebSocket-Key: not 16 bytes in base64", path)
     if config.token is not None and not _authorized(config.token, parts.query, headers):
         return Reject(401, "missing or wrong token", path, ((b"WWW-Authenticate", b"Bearer"),))
     if overloaded:

@@ -44,6 +44,7 @@ DEFAULT_MAX_EARLY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_TEXT_SIZE = 1024 * 1024
 
 MESSAGE_TOO_BIG = 1009
+_JSON_SAFE = 2**53 - 1  # the largest integer every JSON implementation (JavaScript's) holds
 
 
 class SessionState(enum.Enum):
@@ -299,6 +300,13 @@ class Session:
             events.append(ProtocolWarning(WarningKind.MISSING_FIELD, "ping has no 'seq'"))
         elif not _is_int(seq):
             events.append(ProtocolWarning(WarningKind.BAD_FIELD, f"ping 'seq' is {_show(seq)}"))
+        elif isinstance(seq, int) and not -_JSON_SAFE <= seq <= _JSON_SAFE:
+            # Echoed all the same; but no JavaScript bot can send or match it.
+            events.append(
+                ProtocolWarning(
+                    WarningKind.BAD_FIELD, "ping 'seq' is outside the JSON-safe integer range"
+                )
+            )
         if "sent_at_ms" not in message:
             events.append(ProtocolWarning(WarningKind.MISSING_FIELD, "ping has no 'sent_at_ms'"))
         elif not _is_number(sent_at_ms):

@@ -883,3 +883,16 @@ def test_the_whole_session_through_our_bot() -> None:
         Disconnected(1000, "", True),
     ]
     assert pair.server.state is ConnectionState.CLOSED
+
+
+@pytest.mark.parametrize("key", ["short", "!!!notbase64!!!!!!!!!!!", "dGhlIHNhbXBsZSBub25jZQ"])
+def test_a_sec_websocket_key_that_is_not_16_bytes_of_base64_is_400(key: str) -> None:
+    event, _ = reject(upgrade_request(sec_websocket_key=key))
+    assert event.status == 400
+
+
+def test_route_request_refuses_a_head_over_the_limit_when_told_its_size() -> None:
+    config = ServerConfig(max_request_head=100)
+    decision = route_request(config, "GET", "/", ((b"upgrade", b"websocket"),), head_size=101)
+    assert isinstance(decision, Reject)
+    assert decision.status == 431

@@ -347,10 +347,12 @@ def test_ping_with_a_string_seq_echoes_the_string_and_warns() -> None:
     assert pong(session)["seq"] == "42"
 
 
-def test_ping_with_a_huge_int_seq_echoes_it_exactly() -> None:
+def test_ping_with_a_huge_int_seq_echoes_it_exactly_and_warns() -> None:
     session = started()
     events = send(session, {"type": "video_latency_ping", "seq": 10**30, "sent_at_ms": 10**30})
-    assert events == [LatencyPing(10**30, 10**30, NOW, "bot-123")]
+    # Echoed exactly; but over 2**53 - 1 no JavaScript bot could have sent or match it.
+    assert warnings(events) == [WarningKind.BAD_FIELD]
+    assert events[-1] == LatencyPing(10**30, 10**30, NOW, "bot-123")
     raw = session.messages_to_send()[0]
     assert '"seq":1000000000000000000000000000000' in raw
     assert json.loads(raw)["sent_at_ms"] == 10**30
@@ -681,3 +683,10 @@ def test_input_after_a_close_request_is_ignored() -> None:
     assert send(session, START) == []
     assert session.receive_binary(b"x") == []
     assert session.state is SessionState.AWAITING_START
+
+
+@pytest.mark.parametrize("seq", [2**53 - 1, -(2**53 - 1)])
+def test_a_seq_at_the_json_safe_edge_is_not_warned(seq: int) -> None:
+    session = started()
+    events = send(session, {"type": "video_latency_ping", "seq": seq, "sent_at_ms": 5})
+    assert warnings(events) == []

@@ -128,16 +128,6 @@ def test_garbage_instead_of_http(shared: Switch, garbage: str) -> None:
 def test_headers_over_16_kib(adapter: str, shared: Switch, reads: str, request: Any) -> None:
     """[431 or 400] Defence: ``ServerConfig.max_request_head`` (16 KiB), whatever the reads
     (hypercorn: h11's own 16 KiB limit)."""
-    xfail_for(
-        request,
-        is_asgi(adapter) and reads == "one-read",
-        "a whole head over 16 KiB that comes in one read is accepted by uvicorn (httptools) "
-        "and hypercorn (h11 bounds incomplete heads only), and ASGIApp ignores "
-        "ServerConfig.max_request_head. Fix in adapters/asgi.py ASGIApp._websocket and _http, "
-        "before route_request: size = len(target) + sum(len(n) + len(v) + 4 for n, v in "
-        "headers); if size > config.max_request_head, use decision = Reject(431, 'request "
-        "head over N bytes') (answered like every Reject)",
-    )
     factory = CountingFactory()
     head = upgrade_request(extra=[(f"X-Pad-{i}", "a" * 1000) for i in range(17)])
     assert len(head) > 16 * 1024
@@ -225,16 +215,6 @@ def test_bad_websocket_key_or_version(
     headers = cases[case]
     if is_asgi(adapter):
         expected = {400, 426}  # RFC 6455 4.2.2 allows either for a bad version
-    xfail_for(
-        request,
-        case == "bad-key" and adapter != "asgi-uvicorn",
-        "any Sec-WebSocket-Key is accepted (wsproto, in the core and in hypercorn, does not "
-        "check it; uvicorn's websockets does). Fix in core/_server.py ServerConnection._upgrade,"
-        " before H11Handshake: read the sec-websocket-key header, and unless "
-        "base64.b64decode(value, validate=True) is 16 bytes, return self._reject(400, 'bad "
-        "Sec-WebSocket-Key', path); and in adapters/asgi.py ASGIApp._websocket, the same check "
-        "on the scope's headers before route_request, refused as Reject(400, ...)",
-    )
     factory = CountingFactory()
     status, answer = http_answer(
         shared.use(factory), upgrade_request(**headers), require_close=not is_asgi(adapter),
@@ -629,15 +609,6 @@ def test_bad_message_stream_goes_on(
     Defence: ``Session`` turns every bad message into a ``ProtocolWarning`` (never a close);
     the recorder keeps warnings in the sidecar."""
     text, kind = BAD_MESSAGES[case]
-    xfail_for(
-        request,
-        case == "ping-huge-integer",
-        "a ping seq of 2**64 is a valid JSON integer, echoed without a warning; no JS bot can "
-        "send or match it (integers above 2**53-1 lose precision). Fix in core/_session.py "
-        "_on_ping: after _is_int(seq), if not -(2**53 - 1) <= seq <= 2**53 - 1, append "
-        "ProtocolWarning(BAD_FIELD, \"ping 'seq' is outside the JSON-safe integer range\") "
-        "(still echo it, keep LatencyPing.seq)",
-    )
     out = tmp_path / "out"
     with served(shared, Recorder(out)) as port:
         pongs = _stream_with(port, media, [text])
