@@ -67,7 +67,9 @@ def test_bots_killed_at_random_points(adapter: str, fmp4_small: Any, tmp_path: P
             assert proc.stdout is not None
             assert proc.stdout.readline().strip() == "ready"
         began = time.monotonic()
-        kills = sorted((rng.uniform(0.0, 1.6), n) for n in range(PROCESSES))
+        # Within the ~1.06 s each bot takes to stream the clip (53 x 4 KiB, 20 ms apart), so
+        # every kill lands mid-stream, at a different point.
+        kills = sorted((rng.uniform(0.1, 0.9), n) for n in range(PROCESSES))
         for at, n in kills:
             time.sleep(max(0.0, began + at - time.monotonic()))
             procs[n].kill()
