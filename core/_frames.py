@@ -132,6 +132,8 @@ class FastLane:
     and ``None`` whenever wsproto must be drained (``ws.events()``) before going on. The caller
     must drain at every ``None``, handle the events in order, and stop iterating once wsproto
     closes. Set :attr:`discard` to drop our payloads unread (they are then not unmasked).
+    With each payload, :attr:`message_ended` says whether it ends its message (an empty final
+    frame yields ``b""`` for that).
     """
 
     __slots__ = (
@@ -145,6 +147,7 @@ class FastLane:
         "_unmask",
         "_ws",
         "discard",
+        "message_ended",
     )
 
     def __init__(self, ws: Connection, unmask: Unmask) -> None:
@@ -153,6 +156,9 @@ class FastLane:
         self._unmask = unmask
         #: When true, payloads of our frames are consumed and dropped, not unmasked.
         self.discard = False
+        #: Whether the payload just yielded ends its binary message (as wsproto's
+        #: ``message_finished`` would say).
+        self.message_ended = False
         self._head = b""  # the start of a frame header, not complete yet
         self._head_fed = False  # ... already given to wsproto: the frame is wsproto's
         self._left = 0  # bytes still to come: of our frame's payload, or of wsproto's frame
@@ -188,6 +194,7 @@ class FastLane:
                 else:
                     self._messages.opcode = None if self._fin else Opcode.BINARY
                 if not self.discard:
+                    self.message_ended = not self._left and self._fin
                     yield self._unmask(data, start, end, key)
                 continue
             if pos == size:
@@ -250,6 +257,10 @@ class FastLane:
                     self._fin = buf[at] >= 0x80
                 else:
                     self._messages.opcode = None if buf[at] >= 0x80 else Opcode.BINARY
+                    if buf[at] >= 0x80 and not self.discard:
+                        # An empty final frame ends its message: say so, as wsproto would.
+                        self.message_ended = True
+                        yield b""
                 continue
 
             # wsproto's frame: give it what we have of it, from its first byte on.

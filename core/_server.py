@@ -34,7 +34,13 @@ from wsproto.utilities import RemoteProtocolError as WSRemoteProtocolError
 from ._errors import LocalProtocolError
 from ._events import Accepted, Event, Headers, HTTPRejected, HTTPRequest
 from ._frames import FastLane, fast_lane
-from ._session import DEFAULT_MAX_EARLY_BYTES, DEFAULT_MAX_TEXT_SIZE, Session, SessionState
+from ._session import (
+    DEFAULT_MAX_EARLY_BYTES,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_TEXT_SIZE,
+    Session,
+    SessionState,
+)
 
 __all__ = [
     "ConnectionState",
@@ -75,6 +81,9 @@ class ServerConfig:
     max_early_bytes: int = DEFAULT_MAX_EARLY_BYTES
     #: Largest text message; over it, close 1009.
     max_text_size: int = DEFAULT_MAX_TEXT_SIZE
+    #: Largest binary message (binary is streamed: this bounds nothing in memory, it refuses
+    #: what no bot sends); over it, the bytes up to it are delivered, then close 1009.
+    max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE
     #: Time allowed from connect to a complete request head; then 408 and close.
     handshake_timeout_ms: int = 10_000
     #: Time without any byte from the bot before closing with 1001; ``None`` for never.
@@ -225,7 +234,9 @@ class ServerConnection:
         self.overloaded = overloaded
         self.state = ConnectionState.HANDSHAKE
         self.session = Session(
-            max_early_bytes=self.config.max_early_bytes, max_text_size=self.config.max_text_size
+            max_early_bytes=self.config.max_early_bytes,
+            max_text_size=self.config.max_text_size,
+            max_message_size=self.config.max_message_size,
         )
         self._h11 = h11.Connection(
             h11.SERVER, max_incomplete_event_size=self.config.max_request_head
@@ -413,7 +424,7 @@ class ServerConnection:
                 if self._drain(ws, events, now_ms):
                     break
                 continue
-            events += session.receive_binary(payload)
+            events += session.receive_binary(payload, finished=lane.message_ended)
             if session.close_request is not None:
                 self._close_requested(now_ms)
         return events
@@ -425,7 +436,7 @@ class ServerConnection:
             if isinstance(ev, BytesMessage):
                 if not self._discard_input:
                     data = ev.data if isinstance(ev.data, bytes) else bytes(ev.data)
-                    events += session.receive_binary(data)
+                    events += session.receive_binary(data, finished=ev.message_finished)
             elif isinstance(ev, TextMessage):
                 if not self._discard_input:
                     events += session.receive_text(ev.data, now_ms, finished=ev.message_finished)

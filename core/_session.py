@@ -32,6 +32,7 @@ from ._events import (
 
 __all__ = [
     "DEFAULT_MAX_EARLY_BYTES",
+    "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_TEXT_SIZE",
     "TRANSITIONS",
     "CloseRequest",
@@ -42,6 +43,9 @@ __all__ = [
 
 DEFAULT_MAX_EARLY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_TEXT_SIZE = 1024 * 1024
+#: Largest binary message: far above a 1080p keyframe (a few MiB), far below memory trouble
+#: for a stack that buffers whole messages. Binary is streamed here, so this is hygiene.
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 
 MESSAGE_TOO_BIG = 1009
 _JSON_SAFE = 2**53 - 1  # the largest integer every JSON implementation (JavaScript's) holds
@@ -138,9 +142,12 @@ class Session:
         *,
         max_early_bytes: int = DEFAULT_MAX_EARLY_BYTES,
         max_text_size: int = DEFAULT_MAX_TEXT_SIZE,
+        max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         self.max_early_bytes = max_early_bytes
         self.max_text_size = max_text_size
+        self.max_message_size = max_message_size
+        self._message_size = 0
         self.state = SessionState.AWAITING_START
         #: ``bot_id`` of the latest ``video_stream_start``, used for pongs without one.
         self.bot_id: str | None = None
@@ -155,9 +162,26 @@ class Session:
 
     # ------------------------------------------------------------------ input
 
-    def receive_binary(self, data: bytes) -> list[Event]:
-        """Bytes of a binary message (any piece of one, in order)."""
-        if self.close_request is not None or self.state is SessionState.CLOSED or not data:
+    def receive_binary(self, data: bytes, *, finished: bool = True) -> list[Event]:
+        """Bytes of a binary message, whole or any piece of one, in order; ``finished`` says
+        whether the message ends with them (it bounds the message size)."""
+        if self.close_request is not None or self.state is SessionState.CLOSED:
+            return []
+        limit = self.max_message_size
+        if limit is not None:
+            size = self._message_size + len(data)
+            if size > limit:
+                # What fits is delivered (it was received); the rest is refused with 1009.
+                events = self._binary(data[: limit - self._message_size])
+                self.close_request = CloseRequest(
+                    MESSAGE_TOO_BIG, f"binary message over {limit} bytes"
+                )
+                return events
+            self._message_size = 0 if finished else size
+        return self._binary(data)
+
+    def _binary(self, data: bytes) -> list[Event]:
+        if not data:
             return []
         if self.state is SessionState.STREAMING:
             chunk = MediaChunk(data, self._offset)

@@ -213,6 +213,7 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
         "config": ServerConfig(
             max_early_bytes=draw(st.sampled_from([1 << 20, 40])),
             max_text_size=draw(st.sampled_from([1 << 20, 30])),
+            max_message_size=draw(st.sampled_from([1 << 20, 50, 200])),
         ),
     }
 

@@ -20,6 +20,7 @@ from helpers import (
     frame,
     http_status,
     json_frame,
+    merge_chunks,
     of_type,
     open_server,
     read_frames,
@@ -896,3 +897,41 @@ def test_route_request_refuses_a_head_over_the_limit_when_told_its_size() -> Non
     decision = route_request(config, "GET", "/", ((b"upgrade", b"websocket"),), head_size=101)
     assert isinstance(decision, Reject)
     assert decision.status == 431
+
+
+# ----------------------------------------------------------------- binary message size
+
+
+def test_a_binary_message_over_max_message_size_is_1009_and_what_fits_is_delivered() -> None:
+    conn, _ = open_server(ServerConfig(max_message_size=10))
+    conn.receive_data(json_frame(START), NOW)
+    events = conn.receive_data(frame(BINARY, b"0123456789abc"), NOW)
+    assert merge_chunks(events) == [MediaChunk(b"0123456789", 0)]
+    assert sent_close_code(conn) == 1009
+
+
+def test_the_message_size_counts_every_fragment_of_a_message() -> None:
+    conn, _ = open_server(ServerConfig(max_message_size=10))
+    conn.receive_data(json_frame(START), NOW)
+    events = conn.receive_data(
+        frame(BINARY, b"012345", fin=False) + frame(CONT, b"6789") + frame(BINARY, b"0123456789"),
+        NOW,
+    )
+    assert merge_chunks(events) == [MediaChunk(b"01234567890123456789", 0)]  # two messages
+    assert conn.data_to_send() == b""
+    events = conn.receive_data(frame(BINARY, b"01234", fin=False) + frame(CONT, b"567890"), NOW)
+    assert merge_chunks(events) == [MediaChunk(b"0123456789", 20)]
+    assert sent_close_code(conn) == 1009
+
+
+def test_a_frame_header_claiming_2_to_the_63_minus_1_bytes_is_1009_with_flat_memory() -> None:
+    conn, _ = open_server(ServerConfig(max_message_size=1 << 20))
+    conn.receive_data(json_frame(START), NOW)
+    header = bytes([0x82, 0x80 | 127]) + (2**63 - 1).to_bytes(8, "big") + b"\0\0\0\0"
+    delivered = 0
+    conn.receive_data(header, NOW)
+    for _ in range(20):  # 1.25 MiB of the claimed 8 EiB, in 64 KiB reads
+        delivered += sum(len(e.data) for e in conn.receive_data(b"\0" * 65536, NOW)
+                         if isinstance(e, MediaChunk))
+    assert delivered == 1 << 20
+    assert sent_close_code(conn) == 1009
