@@ -1,5 +1,5 @@
-"""What the asyncio-based adapters share (:mod:`.asyncio` on streams, :mod:`.asgi` under an ASGI
-server): calling one connection's handler off the event loop, in order, with backpressure.
+"""What the asyncio-based adapters share (:mod:`.asyncio` on a protocol, :mod:`.asgi` under an
+ASGI server): calling one connection's handler off the event loop, in order, with backpressure.
 
 Private to the package: the names here are not part of the API.
 """
@@ -7,6 +7,8 @@ Private to the package: the names here are not part of the API.
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -15,7 +17,7 @@ from meetstream_live import Disconnected, Event
 
 from ._common import Handler, deliver, media_size
 
-__all__ = ["HandlerRunner", "handler_pool"]
+__all__ = ["HandlerRunner", "ThreadedDelivery", "handler_pool"]
 
 
 def handler_pool(threads: int) -> ThreadPoolExecutor:
@@ -84,3 +86,149 @@ class HandlerRunner:
         """Return once every batch submitted so far has been delivered."""
         while self._task is not None and not self._task.done():
             await asyncio.shield(self._task)
+
+
+#: An inline handler call (on the loop) longer than this, in seconds, sends the connection's
+#: next batches to the threads for :data:`INLINE_BACKOFF` seconds.
+INLINE_STALL = 0.005
+INLINE_BACKOFF = 2.0
+
+
+class ThreadedDelivery:
+    """Hands one connection's events to its handler, in order, with no task and no future
+    per batch: on the loop when nothing is queued and the handler says it can take the batch
+    without blocking (:meth:`Handler.dispatch_inline`); else in the server's threads, where the
+    thread that delivers a batch takes whatever was queued meanwhile too (up to
+    ``max_rounds`` batches, then it yields its thread to the other connections), and only
+    calls back into the loop when the reader may resume (``on_below``), when the handler
+    raised (``on_error``, once) and when it ran dry while :meth:`finish` waits.
+
+    :meth:`submit` is called on the loop with the batch's media size (computed once);
+    :attr:`pending` is what waits or is being delivered.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        executor: Executor,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        limit: int,
+        on_below: Callable[[], None],
+        on_error: Callable[[Exception], None],
+        max_rounds: int = 16,
+    ) -> None:
+        self.handler = handler
+        self.executor = executor
+        self.loop = loop
+        self.limit = limit
+        self.pending = 0
+        self.error: Exception | None = None
+        self.waiting = False  # the reader paused (pending > limit): call on_below once below
+        self._on_below = on_below
+        self._on_error = on_error
+        self._max_rounds = max_rounds
+        self._batches: deque[list[Event]] = deque()
+        self._sizes = 0  # media of the batches queued (not yet taken by a thread)
+        self._lock = threading.Lock()
+        self._running = False
+        self._drained: asyncio.Future[None] | None = None
+        self._threads_until = 0.0  # no inline delivery before (time.monotonic())
+
+    def submit(self, events: list[Event], size: int) -> bool:
+        """Queue a batch; True if the reader must pause (more than ``limit`` is pending)."""
+        with self._lock:
+            idle = not self._running
+        if idle and self._try_inline(events):
+            return False
+        with self._lock:
+            self._batches.append(events)
+            self.pending += size
+            self._sizes += size
+            start = not self._running
+            self._running = True
+            over = self.pending > self.limit and self.error is None
+            if over:
+                self.waiting = True
+        if start:
+            self.executor.submit(self._drain)
+        return over
+
+    def _try_inline(self, events: list[Event]) -> bool:
+        """Nothing else of this connection is queued or running: the handler may take this
+        batch here, on the loop (:meth:`Handler.dispatch_inline`), if it says it can without
+        blocking. A call that took long all the same (a write stalled by the kernel's dirty
+        page throttling, say) sends the next batches to the threads for a while."""
+        if self.error is not None:
+            return False
+        now = time.monotonic()
+        if now < self._threads_until:
+            return False
+        try:
+            done = self.handler.dispatch_inline(events)
+        except Exception as exc:
+            self.error = exc
+            self.loop.call_soon(self._on_error, exc)
+            return True
+        if done and time.monotonic() - now > INLINE_STALL:
+            self._threads_until = now + INLINE_BACKOFF
+        return done
+
+    def _drain(self) -> None:
+        handler = self.handler
+        for _ in range(self._max_rounds):
+            with self._lock:
+                batches = self._batches
+                if not batches:
+                    self._running = False
+                    wake = self._drained is not None
+                    break
+                batch = batches.popleft()
+                while batches:
+                    batch += batches.popleft()
+                size, self._sizes = self._sizes, 0
+            if self.error is not None:  # after a failure the handler only hears of the end
+                batch = [e for e in batch if isinstance(e, Disconnected)]
+            error = deliver(handler, batch)
+            with self._lock:
+                self.pending -= size
+                resume = self.waiting and self.pending <= self.limit
+                if resume:
+                    self.waiting = False
+                first_error = error is not None and self.error is None
+                if first_error:
+                    self.error = error
+                    self.waiting = False
+            if first_error:
+                assert error is not None
+                self.loop.call_soon_threadsafe(self._on_error, error)
+            elif resume:
+                self.loop.call_soon_threadsafe(self._on_below)
+        else:
+            # More rounds than allowed: give the thread back, continue at the queue's end.
+            try:
+                self.executor.submit(self._drain)
+            except RuntimeError:  # the pool is shut down: finish here
+                self._drain()
+            return
+        if wake:
+            self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        with self._lock:
+            if self._running:
+                return
+        future, self._drained = self._drained, None
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def finish(self) -> None:
+        """Return once every batch submitted so far has been delivered (on the loop)."""
+        while True:
+            with self._lock:
+                if not self._running:
+                    return
+                if self._drained is None:
+                    self._drained = self.loop.create_future()
+                future = self._drained
+            await asyncio.shield(future)

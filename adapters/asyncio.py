@@ -1,8 +1,13 @@
-"""The asyncio adapter: a receiver on ``asyncio.start_server`` streams, and a bot client.
+"""The asyncio adapter: a receiver on an ``asyncio.Protocol`` (``loop.create_server``), and a
+bot client on asyncio streams.
 
-The loop only moves bytes: the core decides, the handler runs in the server's handler threads
-(one call at a time per connection, in order), and the socket is not read while more than
-``max_pending_bytes`` of media wait for the handler.
+The loop only moves bytes: each read goes straight from the transport's ``data_received`` to
+the core, which decides; the handler runs in the server's handler threads (one call at a time
+per connection, in order), or on the loop for the batches it says it takes without blocking
+(``Handler.dispatch_inline``: the recorder's media); the transport stops reading
+(``pause_reading``) while more than ``max_pending_bytes`` of media wait for the handler or
+while the bot does not take what we write; the core's deadlines are timers on the loop
+(``call_at``).
 """
 
 from __future__ import annotations
@@ -13,18 +18,18 @@ import ssl as ssl_module
 import sys
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import Executor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from meetstream_live import (
     BotClosed,
     BotConnection,
     BotState,
     Event,
+    MediaChunk,
     parse_ws_url,
 )
 
-from ._aio import HandlerRunner, handler_pool
+from ._aio import ThreadedDelivery, handler_pool
 from ._common import (
     ConnectionDriver,
     HandlerFactory,
@@ -50,48 +55,221 @@ async def _with_deadline(awaitable: Awaitable[T], seconds: float | None) -> T:
     return await asyncio.wait_for(awaitable, seconds)  # pragma: no cover - Python 3.10
 
 
-class _Connection:
-    def __init__(
-        self, driver: ConnectionDriver, writer: asyncio.StreamWriter, executor: Executor
-    ) -> None:
-        self.driver = driver
-        self.writer = writer
-        self.executor = executor
-        self.runner: HandlerRunner | None = None
+class _Connection(asyncio.Protocol):
+    """One connection, driven by the transport's callbacks: each read goes through the core
+    as it arrives (no stream buffer, no task per connection), the handler's events go to
+    :class:`ThreadedDelivery`, and reading pauses while too much media waits for the handler
+    or while the bot does not take what we write."""
 
-    def write(self, step: Step) -> None:
-        if step.out and not self.writer.is_closing():
-            self.writer.write(step.out)
-        if step.events:
-            if self.runner is None:
-                assert self.driver.handler is not None
-                self.runner = HandlerRunner(
-                    self.driver.handler, self.handler_failed, self.executor
+    def __init__(self, server: AsyncioServer) -> None:
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.driver: ConnectionDriver | None = None
+        self.runner: ThreadedDelivery | None = None
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self._lost: asyncio.Future[None] = self.loop.create_future()
+        self._ending = False
+        self._write_paused = False
+        self._backpressure = False
+        self._reading = True
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    # ------------------------------------------------------------------ transport callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
+        server = self.server
+        if not server._accepting:
+            transport.abort()
+            return
+        options = server.options
+        if hasattr(transport, "max_size"):  # selector transports: bytes asked per recv()
+            transport.max_size = options.read_size
+        self.driver = ConnectionDriver(
+            options,
+            server.factory,
+            peer=str(transport.get_extra_info("peername")),
+            overloaded=len(server._connections) >= options.max_connections,
+        )
+        server._connections[self] = None
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        driver = self.driver
+        if driver is None or driver.closed:
+            return
+        self.apply(driver.receive(data))
+
+    def eof_received(self) -> bool:
+        driver = self.driver
+        if driver is not None and not driver.closed:
+            self.apply(driver.receive(b""))
+        # Keep the transport: we close it once the handler is done (TLS transports close
+        # anyway, whatever we answer).
+        return self.server.options.ssl is None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        driver = self.driver
+        if driver is not None and not driver.closed:
+            self.apply(driver.receive(b""))
+        if not self._lost.done():
+            self._lost.set_result(None)
+        if driver is None:
+            self.done.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+
+    # ------------------------------------------------------------------ driving
+
+    def apply(self, step: Step) -> None:
+        """Write ``step.out`` (pongs go out before the handler sees this read's media), queue
+        ``step.events``, and end or re-arm the deadline."""
+        transport = self.transport
+        assert transport is not None and self.driver is not None
+        if step.out and not transport.is_closing():
+            transport.write(step.out)
+        events = step.events
+        if events:
+            runner = self.runner
+            if runner is None:
+                handler = self.driver.handler
+                assert handler is not None
+                runner = self.runner = ThreadedDelivery(
+                    handler,
+                    self.server._executor,
+                    self.loop,
+                    limit=self.server.options.max_pending_bytes,
+                    on_below=self._below,
+                    on_error=self.handler_failed,
                 )
-            self.runner.submit(step.events)
+            size = 0
+            for event in events:
+                if type(event) is MediaChunk:
+                    size += len(event.data)
+            if runner.submit(events, size):
+                self._backpressure = True
+                self._update_reading()
+        if step.closed:
+            if not self._ending:
+                self._ending = True
+                self._cancel_timer()
+                self._update_reading()
+                self.loop.create_task(self._end())
+        else:
+            self._arm()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        # Once closed, what still comes is read and dropped (a TLS transport must see the
+        # bot's close_notify and EOF to finish closing).
+        want = self._ending or not (self._write_paused or self._backpressure)
+        if want != self._reading:
+            self._reading = want
+            if want:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+
+    def _below(self) -> None:
+        """The handler caught up: read again (the bot was not idle meanwhile, we were)."""
+        if self._backpressure:
+            self._backpressure = False
+            driver = self.driver
+            assert driver is not None
+            if not driver.closed:
+                driver.resumed()
+                self._arm()
+            self._update_reading()
 
     def handler_failed(self, exc: Exception) -> None:
         """Close with 1011 at once (on the loop, like every use of the driver)."""
-        if not self.driver.closed and not self.driver.handler_failed:
-            self.write(self.driver.handler_error(exc))
+        driver = self.driver
+        assert driver is not None
+        if self._backpressure:  # reading resumes: the bot's close answer must get through
+            self._below()
+        if not driver.closed and not driver.handler_failed:
+            self.apply(driver.handler_error(exc))
 
     def shut_down(self, close_timeout: float) -> None:
-        """Close with 1001 from outside the read loop; abort if the bot never answers."""
-        if self.driver.closed:
+        """Close with 1001 from outside; abort if the bot never answers."""
+        driver, transport = self.driver, self.transport
+        if driver is None or transport is None or driver.closed:
             return
-        self.write(self.driver.close())
-        loop = asyncio.get_running_loop()
-        loop.call_later(close_timeout, self.writer.transport.abort)
+        self.apply(driver.close())
+        self.loop.call_later(close_timeout, transport.abort)
+
+    async def _end(self) -> None:
+        # Leave the registry last: shutdown() waits for the handler to finish too.
+        transport = self.transport
+        assert transport is not None
+        try:
+            if self.runner is not None:
+                await self.runner.finish()
+            transport.close()
+            with contextlib.suppress(Exception):
+                await self._lost
+        finally:
+            self.server._connections.pop(self, None)
+            if not self.done.done():
+                self.done.set_result(None)
+
+    # ------------------------------------------------------------------ deadlines
+
+    def _arm(self) -> None:
+        """Keep one timer at (or before) the core's next deadline: moved earlier when the
+        deadline comes closer, checked again (not moved) when it went further away."""
+        driver = self.driver
+        assert driver is not None
+        seconds = driver.seconds_to_deadline()
+        if seconds is None:
+            return
+        when = self.loop.time() + seconds
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= when + 0.001:
+                return
+            timer.cancel()
+        self._timer_at = when
+        self._timer = self.loop.call_at(when, self._deadline)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _deadline(self) -> None:
+        self._timer = None
+        driver = self.driver
+        assert driver is not None
+        if driver.closed or self._ending:
+            return
+        if self._backpressure:
+            return  # not read while paused: _below() re-arms once the handler caught up
+        seconds = driver.seconds_to_deadline()
+        if seconds is not None and seconds > 0:
+            self._arm()
+            return
+        self.apply(driver.timeout())
 
 
 class AsyncioServer:
-    """A receiver on asyncio streams. Use ``async with serve(...)`` or :meth:`start`."""
+    """A receiver on an asyncio protocol. Use ``async with serve(...)`` or :meth:`start`."""
 
     def __init__(self, factory: HandlerFactory, options: ServerOptions | None = None) -> None:
         self.factory = factory
         self.options = options or ServerOptions()
         self._server: asyncio.Server | None = None
-        self._connections: dict[asyncio.Task[None], _Connection] = {}
+        self._connections: dict[_Connection, None] = {}
         self._accepting = True
         self._executor = handler_pool(self.options.handler_threads)
 
@@ -108,9 +286,11 @@ class AsyncioServer:
         return len(self._connections)
 
     async def start(self, host: str | None = "127.0.0.1", port: int = 9876, **kwargs: Any) -> None:
-        """Bind and start accepting (``port=0`` picks a free port; see :attr:`port`)."""
-        self._server = await asyncio.start_server(
-            self._serve, host, port, ssl=self.options.ssl, limit=self.options.read_size, **kwargs
+        """Bind and start accepting (``port=0`` picks a free port; see :attr:`port`). Extra
+        keyword arguments go to ``loop.create_server`` (e.g. ``reuse_port=True``)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, ssl=self.options.ssl, **kwargs
         )
 
     async def serve_forever(self) -> None:
@@ -124,12 +304,12 @@ class AsyncioServer:
         if self._server is not None:
             self._server.close()
         drain = self.options.drain_timeout if drain_timeout is None else drain_timeout
-        tasks = set(self._connections)
-        if tasks:
-            _done, pending = await asyncio.wait(tasks, timeout=drain)
+        waiting = {conn.done: conn for conn in self._connections}
+        if waiting:
+            _done, pending = await asyncio.wait(waiting, timeout=drain)
             close_timeout = self.options.config.close_timeout_ms / 1000
-            for task in pending:
-                self._connections[task].shut_down(close_timeout)
+            for future in pending:
+                waiting[future].shut_down(close_timeout)
             if pending:
                 await asyncio.wait(pending)
         self._executor.shutdown(wait=False)  # every handler has finished
@@ -139,60 +319,6 @@ class AsyncioServer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.shutdown()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if not self._accepting:
-            writer.transport.abort()
-            return
-        peer = writer.get_extra_info("peername")
-        driver = ConnectionDriver(
-            self.options,
-            self.factory,
-            peer=str(peer),
-            overloaded=len(self._connections) >= self.options.max_connections,
-        )
-        conn = _Connection(driver, writer, self._executor)
-        self._connections[task] = conn
-        try:
-            await self._read_loop(conn, reader)
-        finally:
-            # Leave the registry last: shutdown() waits for the handler to finish too.
-            try:
-                if conn.runner is not None:
-                    await conn.runner.finish()
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
-            finally:
-                del self._connections[task]
-
-    async def _read_loop(self, conn: _Connection, reader: asyncio.StreamReader) -> None:
-        driver, writer, options = conn.driver, conn.writer, self.options
-        while not driver.closed:
-            try:
-                deadline = driver.seconds_to_deadline()
-                data = await _with_deadline(reader.read(options.read_size), deadline)
-            except TimeoutError:
-                step = driver.timeout()
-            except (OSError, ssl_module.SSLError):
-                step = driver.receive(b"")
-            else:
-                step = driver.receive(data)
-            conn.write(step)  # pongs go out before the handler sees this read's media
-            if step.closed:
-                break
-            try:
-                await writer.drain()
-            except OSError:
-                conn.write(driver.receive(b""))
-                break
-            runner = conn.runner
-            if runner is not None and await runner.wait_below(options.max_pending_bytes):
-                driver.resumed()
-        with contextlib.suppress(OSError):
-            await writer.drain()
 
 
 @contextlib.asynccontextmanager
@@ -347,16 +473,21 @@ def run(
     *,
     on_ready: Callable[[int], None] | None = None,
     use_uvloop: bool = False,
+    reuse_port: bool = False,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully (the CLI's entry point).
 
     ``on_ready`` is called with the bound port once the server accepts connections.
+    ``reuse_port`` binds with SO_REUSEPORT (several processes on one port: ``--workers``).
     """
     import signal
 
     async def main() -> None:
         server = AsyncioServer(factory, options)
-        await server.start(host, port)
+        if reuse_port:
+            await server.start(host, port, reuse_port=True)
+        else:
+            await server.start(host, port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

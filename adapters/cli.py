@@ -240,13 +240,17 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     context = _tls_context(args.tls_cert, args.tls_key)
     token = args.token or environ.get("MEETSTREAM_LIVE_TOKEN") or None
     _setup_logging(args.log_format, args.log_level)
+    worker: int = getattr(args, "worker", 0)  # set in the processes of --workers
+    if args.workers > 1 and not worker:
+        return _serve_workers(args, environ, output)
     metrics = Metrics()
     guard = _disk_guard(args, output, metrics)
     names = HookRunner.hooks_for(args.on_finish, args.webhook)
     journal = Journal(output, names)
     try:
+        # With --workers, the parent process runs the hooks the workers journal.
         runner = HookRunner(journal, command=args.on_finish, webhook=args.webhook,
-                            metrics=metrics) if names else None
+                            metrics=metrics) if names and not worker else None
     except ValueError:
         raise UsageError("--on-finish: empty command") from None
     if runner is not None:
@@ -254,9 +258,12 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     recorder: Recorder | None = None
 
     try:
-        recover(output, metrics=metrics, journal=journal if names else None, index=args.index)
-        if args.keep_days is not None or args.max_total_size is not None:
-            apply_retention(output, keep_days=args.keep_days, max_total_bytes=args.max_total_size)
+        if not worker:  # with --workers, the parent recovered before starting them
+            recover(output, metrics=metrics, journal=journal if names else None,
+                    index=args.index)
+            if args.keep_days is not None or args.max_total_size is not None:
+                apply_retention(output, keep_days=args.keep_days,
+                                max_total_bytes=args.max_total_size)
         config = ServerConfig(
             path=args.path,
             token=token,
@@ -284,13 +291,17 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         def ready(port: int) -> None:
             shown = f"[{host}]" if ":" in host else host
             log.info(
-                "listening on %s://%s:%d%s (adapter %s, recording to %s%s)",
+                "listening on %s://%s:%d%s (adapter %s, recording to %s%s%s)",
                 scheme, shown, port, args.path or "/", args.adapter, output.resolve(),
                 ", token required" if token else "",
+                f", worker {worker}/{args.workers} pid {os.getpid()}" if worker else "",
             )
 
         try:
-            run(factory, host, args.port, options, on_ready=ready)
+            if worker:
+                run(factory, host, args.port, options, on_ready=ready, reuse_port=True)
+            else:
+                run(factory, host, args.port, options, on_ready=ready)
         except OSError as exc:
             log.error("cannot serve on %s:%d: %s", host, args.port, exc.strerror or exc)
             return 1
@@ -301,6 +312,96 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             runner.close()
     log.info("stopped")
     return 0
+
+
+def _serve_workers(args: argparse.Namespace, environ: Mapping[str, str], output: Path) -> int:
+    """``serve --workers N``: recover once, then fork N workers that each bind the port with
+    SO_REUSEPORT and serve; forward SIGINT/SIGTERM to them, run the hooks they journal, wait.
+    """
+    import signal
+    import socket
+    import time
+
+    if args.adapter not in ("asyncio", "uvloop"):
+        raise UsageError("--workers needs --adapter asyncio or uvloop")
+    if not hasattr(socket, "SO_REUSEPORT") or not hasattr(os, "fork"):
+        raise UsageError("--workers needs SO_REUSEPORT and fork (Linux)")
+    _adapter_run(args.adapter)  # fail here, once, if it is not installed
+    _tls_context(args.tls_cert, args.tls_key)
+    metrics = Metrics()
+    names = HookRunner.hooks_for(args.on_finish, args.webhook)
+    journal = Journal(output, names)
+    recover(output, metrics=metrics, journal=journal if names else None, index=args.index)
+    if args.keep_days is not None or args.max_total_size is not None:
+        apply_retention(output, keep_days=args.keep_days, max_total_bytes=args.max_total_size)
+    reserved: socket.socket | None = None
+    if args.port == 0:
+        # One free port for all: bound (not listening, so it takes no connections) with
+        # SO_REUSEPORT, for the workers to bind too.
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            args.host, 0, type=socket.SOCK_STREAM
+        )[0]
+        reserved = socket.socket(family, kind, proto)
+        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reserved.bind(address)
+        args.port = reserved.getsockname()[1]
+    children: dict[int, int] = {}
+    for number in range(1, args.workers + 1):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the worker (covered in a subprocess)
+            code = 1
+            try:
+                if reserved is not None:
+                    reserved.close()
+                args.worker = number
+                code = _serve(args, environ)
+            except UsageError as exc:
+                log.error("%s", exc)
+                code = 2
+            except BaseException as exc:
+                log.exception("worker %d failed: %r", number, exc)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children[pid] = number
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(OSError):
+                os.kill(child, signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        runner = HookRunner(journal, command=args.on_finish, webhook=args.webhook,
+                            metrics=metrics) if names else None
+    except ValueError:
+        forward(signal.SIGTERM, None)
+        runner = None
+    if runner is not None:
+        runner.start()
+    code = 0
+    try:
+        while children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                time.sleep(0.2)
+                if journal.added is not None:
+                    journal.added()  # look for entries the workers journaled
+                continue
+            number = children.pop(pid)
+            exit_code = os.waitstatus_to_exitcode(status)
+            if exit_code != 0:
+                log.error("worker %d (pid %d) exited with %d", number, pid, exit_code)
+                code = max(code, 1 if exit_code < 0 else exit_code)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if reserved is not None:
+            reserved.close()
+        if runner is not None:
+            runner.close()
+    log.info("stopped (%d workers)", args.workers)
+    return code
 
 
 # ---------------------------------------------------------------------------- verify, recover
@@ -563,6 +664,12 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
                        "value; default $MEETSTREAM_LIVE_TOKEN (never logged)")
     serve.add_argument("--max-connections", type=_positive_int, default=2000,
                        help="above this many connections, upgrades get 503")
+    serve.add_argument("--workers", type=_positive_int, default=1,
+                       help="processes sharing the port (SO_REUSEPORT, Linux; asyncio and "
+                       "uvloop adapters): the kernel spreads connections over them. Each "
+                       "has its own --max-connections, and GET /metrics shows the worker "
+                       "that answers it. A bot that reconnects may land on another worker: "
+                       "its stream then goes on in a new part")
     _duration(serve, "--handshake-timeout", "10s", "time allowed for the HTTP upgrade request")
     _duration(serve, "--idle-timeout", "300s",
               "close (1001) a bot silent for this long; 0 for never", never=True)

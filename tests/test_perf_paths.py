@@ -1,0 +1,215 @@
+"""The fast paths: the asyncio protocol server's delivery (inline on the loop or in threads),
+the recorder's chunk buffer, batched delivery, and ``serve --workers``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from meetstream_live import Disconnected, Event, MediaChunk, StreamEnded, StreamStarted
+from meetstream_live.adapters import _aio
+from meetstream_live.adapters._common import ConnectionInfo, Handler, ServerOptions, deliver
+from meetstream_live.adapters.asyncio import AsyncioBot, serve
+from meetstream_live.adapters.recorder import Recorder, _Chunks
+from meetstream_live.adapters.sample import sample_bytes
+
+INFO = ConnectionInfo("127.0.0.1:5555", "/", "", (), False)
+
+
+# ------------------------------------------------------------------------ pieces
+
+
+def test_chunks_buffer_behaves_like_the_bytearray_it_replaced() -> None:
+    chunks = _Chunks()
+    reference = bytearray()
+    for piece in (b"abc", b"", b"defgh", b"ij", b"klmnop"):
+        chunks += piece
+        reference += piece
+    assert len(chunks) == len(reference) and bytes(chunks) == bytes(reference)
+    assert b"".join(bytes(p) for p in chunks.head(6)) == bytes(reference[:6])
+    del chunks[:4]
+    del reference[:4]
+    assert bytes(chunks) == bytes(reference) and len(chunks) == len(reference)
+    del chunks[: len(chunks)]
+    assert not chunks and bytes(chunks) == b""
+    chunks += b"xyz"
+    chunks.clear()
+    assert len(chunks) == 0 and chunks.parts == []
+
+
+class Failing(Handler):
+    def __init__(self) -> None:
+        self.seen: list[Event] = []
+
+    def on_chunk(self, event: MediaChunk) -> None:
+        self.seen.append(event)
+        if event.offset == 3:
+            raise ValueError("boom")
+
+    def on_disconnect(self, event: Disconnected) -> None:
+        self.seen.append(event)
+
+
+def test_deliver_hands_a_batch_over_at_once_and_the_end_after_a_failure() -> None:
+    handler = Failing()
+    end = Disconnected(1000, "", True)
+    error = deliver(handler, [MediaChunk(b"abc", 0), MediaChunk(b"d", 3), MediaChunk(b"e", 4), end])
+    assert isinstance(error, ValueError)
+    assert [type(e).__name__ for e in handler.seen] == ["MediaChunk", "MediaChunk", "Disconnected"]
+
+
+def test_recorder_takes_media_inline_but_not_starts_or_ends(tmp_path: Path) -> None:
+    data = sample_bytes()
+    handler = Recorder(tmp_path)(INFO)
+    start = StreamStarted(bot_id="inline", raw={"type": "video_stream_start", "bot_id": "inline"})
+    assert not handler.dispatch_inline([start])  # creates files: a thread's job
+    handler.dispatch([start])
+    size = 4096
+    chunks: list[Event] = [MediaChunk(data[i : i + size], i) for i in range(0, len(data), size)]
+    assert handler.dispatch_inline(chunks)
+    assert not handler.dispatch_inline([StreamEnded(None)])
+    handler.dispatch([StreamEnded(None)])
+    assert (next(tmp_path.glob("inline/*.mp4"))).read_bytes() == data
+
+
+class SlowInline(Handler):
+    """Says it can run inline, then takes long: later batches must go to the threads."""
+
+    def __init__(self) -> None:
+        self.inline_calls = 0
+        self.threads: set[str] = set()
+        self.data = bytearray()
+
+    def dispatch_inline(self, events: list[Event]) -> bool:
+        self.inline_calls += 1
+        time.sleep(_aio.INLINE_STALL * 2)
+        self.dispatch(events)
+        return True
+
+    def on_chunk(self, event: MediaChunk) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.data += event.data
+
+
+def test_a_stalled_inline_handler_goes_back_to_threads() -> None:
+    async def main() -> SlowInline:
+        loop = asyncio.get_running_loop()
+        handler = SlowInline()
+        pool = _aio.handler_pool(2)
+        errors: list[Exception] = []
+        delivery = _aio.ThreadedDelivery(
+            handler, pool, loop, limit=1 << 20, on_below=lambda: None, on_error=errors.append
+        )
+        for i in range(5):
+            delivery.submit([MediaChunk(bytes([i]) * 10, 10 * i)], 10)
+        await delivery.finish()
+        pool.shutdown()
+        assert not errors
+        return handler
+
+    handler = asyncio.run(main())
+    assert handler.inline_calls == 1
+    assert any(name.startswith("meetstream-handler") for name in handler.threads)
+    assert bytes(handler.data) == b"".join(bytes([i]) * 10 for i in range(5))
+
+
+class Collect(Handler):
+    def __init__(self, done: threading.Event, slow: float = 0.0) -> None:
+        self.data = bytearray()
+        self.done = done
+        self.slow = slow
+
+    def on_chunk(self, event: MediaChunk) -> None:
+        assert event.offset == len(self.data)
+        self.data += event.data
+        if self.slow:
+            time.sleep(self.slow)
+
+    def on_disconnect(self, event: Disconnected) -> None:
+        self.done.set()
+
+
+def test_protocol_server_pauses_reading_for_a_slow_handler_and_loses_nothing() -> None:
+    payload = os.urandom(3 * 1024 * 1024)
+    done = threading.Event()
+    handlers: list[Collect] = []
+
+    def factory(info: ConnectionInfo) -> Handler:
+        handlers.append(Collect(done, slow=0.002))
+        return handlers[-1]
+
+    options = ServerOptions(max_pending_bytes=64 * 1024, read_size=16 * 1024)
+
+    async def main() -> None:
+        async with serve(factory, port=0, options=options) as server:
+            bot = await AsyncioBot.connect(f"ws://127.0.0.1:{server.port}/")
+            await bot.send_start("slow-bot")
+            for i in range(0, len(payload), 32 * 1024):
+                await bot.send_chunk(payload[i : i + 32 * 1024])
+            closed = await bot.close(timeout=30)
+            assert closed.code == 1000
+            await asyncio.get_running_loop().run_in_executor(None, done.wait, 30)
+
+    asyncio.run(main())
+    assert bytes(handlers[0].data) == payload
+
+
+# ------------------------------------------------------------------------ serve --workers
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux", reason="Linux only")
+def test_serve_workers_records_two_bots_and_stops_on_sigterm(tmp_path: Path) -> None:
+    log_path = tmp_path / "log"
+    output = tmp_path / "rec"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "meetstream_live.adapters.cli", "serve", "--port", "0",
+             "--workers", "2", "--drain-timeout", "2s", "--output", str(output)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            ports: set[str] = set()
+            while time.monotonic() < deadline and len(ports) < 2:
+                text = log_path.read_text("utf-8", "replace")
+                ports = set(re.findall(r"listening on ws://[^:]+:(\d+)/ .*worker (\d)/2", text))
+                assert proc.poll() is None, text
+                time.sleep(0.05)
+            assert len(ports) == 2, log_path.read_text()
+            (port,) = {p for p, _ in ports}
+            data = sample_bytes()
+
+            async def bot(bot_id: str) -> None:
+                client = await AsyncioBot.connect(f"ws://127.0.0.1:{port}/")
+                await client.send_start(bot_id)
+                for i in range(0, len(data), 32 * 1024):
+                    await client.send_chunk(data[i : i + 32 * 1024])
+                await client.send_end(6.0)
+                assert (await client.close()).code == 1000
+
+            async def both() -> None:
+                await asyncio.gather(bot("worker-bot-1"), bot("worker-bot-2"))
+
+            asyncio.run(both())
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and len(list(output.glob("*/*.mp4"))) < 2:
+                time.sleep(0.05)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(20)
+    text = log_path.read_text("utf-8", "replace")
+    assert code == 0, text
+    assert "stopped (2 workers)" in text
+    for bot_id in ("worker-bot-1", "worker-bot-2"):
+        (media,) = output.glob(f"{bot_id}/*.mp4")
+        assert media.read_bytes() == data
+        assert not list(output.glob(f"{bot_id}/*.part"))
