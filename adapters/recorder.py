@@ -28,6 +28,7 @@ import errno
 import json
 import logging
 import os
+import reprlib
 import statistics
 import threading
 import time
@@ -680,6 +681,17 @@ class _Stream:
         self.piece: _Piece | None = None
         if not adopt:
             self._new_piece(why)
+            self._warn_unsafe_names()
+
+    def _warn_unsafe_names(self) -> None:
+        """A bot_id or speaker that had to change to become a file name says so (else the
+        directory silently differs from what the bot sent). The original is shown bounded."""
+        if self.start is None:
+            return
+        for what, value in (("bot_id", self.start.bot_id), ("speaker", self.speaker)):
+            if isinstance(value, str) and safe_name(value) != value:
+                shown = reprlib.repr(value)
+                self.warn("unsafe_name", f"{what} {shown} stored as {safe_name(value)!r}")
 
     # ------------------------------------------------------------------ pieces
 

@@ -729,15 +729,6 @@ def test_hostile_bot_id_warning_recorded(
 ) -> None:
     """[a warning is recorded] A bot_id that had to be changed to make a file name says so in
     the sidecar (else the directory name silently differs from the bot_id)."""
-    xfail_for(
-        request,
-        True,
-        "the recorder changes hostile names silently. Fix in adapters/recorder.py _Stream."
-        "__init__: after computing bot = safe_name(start.bot_id) (and the speaker's), when "
-        "start.bot_id is a str and bot != start.bot_id, call self.warn('unsafe_name', "
-        "f'bot_id {_show(start.bot_id)} stored as {bot!r}') once self.piece exists (a bounded "
-        "repr: the 10 KiB id must not go whole into every log line)",
-    )
     out = _hostile_stream(shared, HOSTILE_IDS[case], media, tmp_path)
     [mp4] = recordings(out)
     assert "unsafe_name" in _kinds(sidecar(mp4))
