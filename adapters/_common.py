@@ -62,6 +62,10 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _no_close(code: int, reason: str) -> None:
+    """The default :attr:`ConnectionInfo.close`: nothing to close (an info made by hand)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionInfo:
     """Who connected, and to what. Given to the handler factory on each accepted upgrade."""
@@ -71,6 +75,10 @@ class ConnectionInfo:
     query: str
     headers: tuple[tuple[bytes, bytes], ...]
     secure: bool
+    #: Ask the adapter to close this connection with ``(code, reason)``; safe from any thread;
+    #: no-op once closed. It returns at once: the close frame goes out from the adapter's own
+    #: loop (or connection thread), and the handler still gets ``on_disconnect``.
+    close: Callable[[int, str], None] = field(default=_no_close, compare=False, repr=False)
 
 
 class Handler:
@@ -197,8 +205,12 @@ class ConnectionDriver:
         peer: str,
         overloaded: bool = False,
         clock: Callable[[], int] = now_ms,
+        request_close: Callable[[int, str], None] | None = None,
     ) -> None:
         self.options = options
+        #: What ``ConnectionInfo.close`` calls: the adapter's thread-safe way to close this
+        #: connection (set it before the upgrade is accepted).
+        self.request_close = request_close
         self.factory = factory
         self.peer = peer
         self.clock = clock
@@ -269,7 +281,12 @@ class ConnectionDriver:
 
     def _accept(self, event: Accepted) -> None:
         info = ConnectionInfo(
-            self.peer, event.path, event.query, event.headers, self.options.ssl is not None
+            self.peer,
+            event.path,
+            event.query,
+            event.headers,
+            self.options.ssl is not None,
+            close=self.request_close or _no_close,
         )
         try:
             self.handler = self.factory(info)

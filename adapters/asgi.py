@@ -307,14 +307,15 @@ class ASGIApp:
             self._rejected(scope, decision)
             await _reject_websocket(scope, send, decision)
             return
+        conn = _WebSocket(self, receive, send)
         info = ConnectionInfo(
             _peer(scope),
             decision.path,
             decision.query,
             headers,
             scope.get("scheme") in ("wss", "https"),
+            close=conn.close_soon,
         )
-        conn = _WebSocket(self, receive, send)
         self._connections.add(conn)
         try:
             await conn.run(info)
@@ -380,6 +381,8 @@ class _WebSocket:
         self._aborted = False
         self._abort_timer: asyncio.TimerHandle | None = None
         self._error_close: asyncio.Task[None] | None = None
+        self._requested_close: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
 
     async def run(self, info: ConnectionInfo) -> None:
         self._task = asyncio.current_task()
@@ -423,6 +426,8 @@ class _WebSocket:
                 await runner.finish()
                 if self._error_close is not None:
                     await self._error_close
+                if self._requested_close is not None:
+                    await self._requested_close
 
     async def _read_loop(self, runner: HandlerRunner) -> None:
         session, limit = self.session, self.options.max_pending_bytes
@@ -465,6 +470,16 @@ class _WebSocket:
         self._error_close = asyncio.get_running_loop().create_task(
             self.close(INTERNAL_ERROR, "handler error")
         )
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """``ConnectionInfo.close``: from any thread, :meth:`close` on the loop."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: so is the connection
+            self._loop.call_soon_threadsafe(self._close_requested, code, reason)
+
+    def _close_requested(self, code: int, reason: str) -> None:
+        if self.close_sent is not None or self.lost or self._requested_close is not None:
+            return
+        self._requested_close = self._loop.create_task(self.close(code, reason))
 
     def _deliver(self, events: list[Event]) -> None:
         for event in events:

@@ -92,6 +92,7 @@ class _Connection(asyncio.Protocol):
             server.factory,
             peer=str(transport.get_extra_info("peername")),
             overloaded=len(server._connections) >= options.max_connections,
+            request_close=self._close_soon,
         )
         server._connections[self] = None
         self._arm()
@@ -199,6 +200,20 @@ class _Connection(asyncio.Protocol):
             self._below()
         if not driver.closed and not driver.handler_failed:
             self.apply(driver.handler_error(exc))
+
+    def _close_soon(self, code: int, reason: str) -> None:
+        """``ConnectionInfo.close``: from any thread, close on the loop."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: so is the connection
+            self.loop.call_soon_threadsafe(self.close_requested, code, reason)
+
+    def close_requested(self, code: int, reason: str) -> None:
+        """The handler asked for a close (on the loop): as a server-initiated close."""
+        driver = self.driver
+        if driver is None or self.transport is None or driver.closed or self._ending:
+            return
+        if self._backpressure:  # reading resumes: the bot's close answer must get through
+            self._below()
+        self.apply(driver.close(code, reason))
 
     def shut_down(self, close_timeout: float) -> None:
         """Close with 1001 from outside; abort if the bot never answers."""

@@ -1447,7 +1447,7 @@ class Recorder:
 
     def _supersede(self, old: _Stream) -> None:
         """A newer connection for the same key: finalize the old one's part, ignore the rest
-        of what it sends (propose: close it, see docs/recording.md)."""
+        of what it sends, and close it with 1000 (a normal close: the bot does not retry)."""
         old.superseded = True
         log.warning("superseding the stream of %s (key %r)", old.info.peer, old.session.key)
         if self.metrics is not None:
@@ -1467,6 +1467,10 @@ class Recorder:
             log.error("could not finalize the superseded %s: %r", old.piece, exc)
             old.abandon()
         old.session.active = None
+        try:  # asks the adapter: never blocks, whatever thread we are in
+            old.info.close(1000, "superseded by a newer connection")
+        except Exception as exc:
+            log.error("could not close the superseded connection of %s: %r", old.info.peer, exc)
 
     def note_ignored(self, stream: _Stream) -> None:
         """A superseded stream's connection is over: its sidecar gets the bytes ignored."""

@@ -5,7 +5,9 @@ Each connection's thread owns its socket and its :class:`ConnectionDriver` and c
 inline, so the handler may block and backpressure comes for free: the socket is not read while
 the handler works. The server's other threads never touch a driver; they only stop accepting
 and, on shutdown, raise a level-triggered flag (a byte in a socket pair that every connection
-thread watches) that asks each remaining connection to close itself with 1001.
+thread watches) that asks each remaining connection to close itself with 1001. A handler's
+``ConnectionInfo.close`` works the same way for its own connection: it records the request and
+writes a byte to that connection's wake-up socket pair (made once the upgrade is accepted).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from meetstream_live import (
 )
 
 from ._common import (
+    GOING_AWAY,
     ConnectionDriver,
     HandlerFactory,
     ServerOptions,
@@ -54,7 +57,7 @@ _WRITE = selectors.EVENT_WRITE
 class _Wake(enum.Enum):
     READY = "ready"
     TIMEOUT = "timeout"
-    CLOSE = "close"  # the server asked every connection to close
+    CLOSE = "close"  # a close was asked for: by the server (shutdown) or by the handler
 
 
 class _Connection:
@@ -71,8 +74,15 @@ class _Connection:
         self.driver: ConnectionDriver | None = None
         self._selector: selectors.BaseSelector | None = None
         self._write_timeout = self.options.config.close_timeout_ms / 1000
-        self._close_requested = False  # the server asked for a close (shutdown)
+        #: The close asked for (code, reason): by the server (shutdown) or the handler. The
+        #: first request wins; set from any thread under ``_lock``.
+        self._close_request: tuple[int, str] | None = None
         self._close_sent = False
+        self._lock = threading.Lock()
+        #: Wakes this connection's thread for a handler's close request (made on accept).
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._wake_tried = False
         self._broken = False  # a write failed: the connection is lost
 
     # ------------------------------------------------------------------ thread body
@@ -81,7 +91,11 @@ class _Connection:
         try:
             selector = self._selector = selectors.DefaultSelector()
             driver = self.driver = ConnectionDriver(
-                self.options, self.server.factory, peer=self.peer, overloaded=self.overloaded
+                self.options,
+                self.server.factory,
+                peer=self.peer,
+                overloaded=self.overloaded,
+                request_close=self.request_close,
             )
             self.sock.setblocking(False)
             context = self.options.ssl
@@ -119,13 +133,51 @@ class _Connection:
                 self._selector.close()
             with contextlib.suppress(OSError):
                 self.sock.close()
+            with self._lock:
+                wake = (self._wake_r, self._wake_w)
+                self._wake_r = self._wake_w = None
+            for sock in wake:
+                if sock is not None:
+                    sock.close()
             self.server._remove(self)
+
+    # ------------------------------------------------------------------ close requests
+
+    def request_close(self, code: int, reason: str) -> None:
+        """``ConnectionInfo.close``, from any thread: the connection thread sends the close
+        (the first request wins; nothing happens once the connection is closed)."""
+        with self._lock:
+            if self._close_request is None:
+                self._close_request = (code, reason)
+            wake = self._wake_w
+            if wake is not None:  # not blocking, under the lock: it is never closed meanwhile
+                with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
+                    wake.send(b"\0")
+
+    def _open_wake(self) -> None:
+        """Once the upgrade is accepted (the handler exists): the wake-up socket pair."""
+        selector = self._selector
+        assert selector is not None
+        self._wake_tried = True
+        try:
+            wake_r, wake_w = socket.socketpair()
+        except OSError as exc:  # out of descriptors: a request is seen at the next read
+            log.warning("%s: no wake-up socket pair for close requests: %s", self.peer, exc)
+            return
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        selector.register(wake_r, _READ)
+        with self._lock:
+            self._wake_r, self._wake_w = wake_r, wake_w
 
     def _read_loop(self, driver: ConnectionDriver) -> None:
         while not driver.closed:
-            if self._close_requested and not self._close_sent:
+            if not self._wake_tried and driver.accepted:
+                self._open_wake()
+            request = self._close_request
+            if request is not None and not self._close_sent:
                 self._close_sent = True
-                self._process(driver, driver.close())
+                self._process(driver, driver.close(*request))
                 continue
             step = self._read(driver)
             if step is not None:
@@ -167,8 +219,9 @@ class _Connection:
     # ------------------------------------------------------------------ socket plumbing
 
     def _wait(self, events: int, timeout: float | None) -> _Wake:
-        """Wait until the socket is ready for ``events``, ``timeout`` passes or the server asks
-        for a close (which sets ``_close_requested`` and stops watching the server's flag)."""
+        """Wait until the socket is ready for ``events``, ``timeout`` passes or a close is asked
+        for: by the server (which records a 1001 request and stops watching the server's
+        flag) or by the handler (its wake-up byte is read)."""
         selector = self._selector
         assert selector is not None
         selector.modify(self.sock, events)
@@ -176,8 +229,15 @@ class _Connection:
         for key, _mask in selector.select(timeout):
             if key.fileobj is self.sock:
                 return _Wake.READY
-            selector.unregister(self.server._close_r)
-            self._close_requested = True
+            wake_r = self._wake_r
+            if wake_r is not None and key.fileobj is wake_r:
+                with contextlib.suppress(OSError):
+                    wake_r.recv(4096)
+            else:
+                selector.unregister(self.server._close_r)
+                with self._lock:
+                    if self._close_request is None:
+                        self._close_request = (GOING_AWAY, "server shutting down")
             woken = _Wake.CLOSE
         return woken
 

@@ -4,8 +4,9 @@ bot client.
 One task per connection owns its stream and its :class:`ConnectionDriver`. The handler runs in a
 worker thread (``trio.to_thread.run_sync``, one call at a time per connection, in order), and
 the stream is not read while more than ``max_pending_bytes`` of media wait for the handler.
-Other tasks never touch a driver: to close a connection (shutdown, a failed handler) they set a
-flag and cancel the connection's read, and the connection task does the rest.
+Other tasks never touch a driver: to close a connection (shutdown, a failed handler, the
+handler's ``ConnectionInfo.close``, brought to the trio thread by ``TrioToken.run_sync_soon``)
+they set a flag and cancel the connection's read, and the connection task does the rest.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from meetstream_live import (
 )
 
 from ._common import (
+    GOING_AWAY,
     ConnectionDriver,
     Handler,
     HandlerFactory,
@@ -134,7 +136,7 @@ class _Connection:
         self.runner: _Runner | None = None
         self._nursery = nursery
         self._write_timeout = options.config.close_timeout_ms / 1000
-        self._close_requested = False
+        self._close_request: tuple[int, str] | None = None  # the first request wins
         self._close_sent = False
         self._broken = False
         self._read_scope = trio.CancelScope()
@@ -142,10 +144,22 @@ class _Connection:
 
     # ------------------------------------------------------------------ from other tasks
 
-    def request_close(self) -> None:
-        """Ask the connection task to close with 1001 (shutdown)."""
-        self._close_requested = True
+    def request_close(self, code: int = GOING_AWAY, reason: str = "server shutting down") -> None:
+        """Ask the connection task to close (1001 by default: shutdown); in the trio thread."""
+        if self.driver.closed or self._close_request is not None:
+            return
+        self._close_request = (code, reason)
         self._interrupt()
+
+    def close_from_anywhere(self, token: trio.lowlevel.TrioToken) -> Callable[[int, str], None]:
+        """``ConnectionInfo.close``: :meth:`request_close` from any thread, the trio thread
+        included (``run_sync_soon`` neither blocks nor needs a task)."""
+
+        def close(code: int, reason: str) -> None:
+            with contextlib.suppress(trio.RunFinishedError):  # the server is gone: so is this
+                token.run_sync_soon(self.request_close, code, reason)
+
+        return close
 
     def _notify(self) -> None:
         """Wake the connection task if it waits for the handler (backpressure)."""
@@ -213,16 +227,18 @@ class _Connection:
                 driver.resumed()  # the pause was ours, not the bot's idleness
 
     def _close_due(self) -> bool:
-        return self._close_requested and not self._close_sent
+        return self._close_request is not None and not self._close_sent
 
     def _requested_step(self) -> Step | None:
-        """What other tasks asked for: the 1011 close after a handler error, or the 1001 one."""
+        """What other tasks asked for: the 1011 close after a handler error, or a requested one
+        (1001 on shutdown, or the handler's)."""
         runner, driver = self.runner, self.driver
         if runner is not None and runner.error is not None and not driver.handler_failed:
             return driver.handler_error(runner.error)
-        if self._close_due():
+        request = self._close_request
+        if request is not None and not self._close_sent:
             self._close_sent = True
-            return driver.close()
+            return driver.close(*request)
         return None
 
     def _scope(self, timeout: float | None) -> trio.CancelScope:
@@ -386,6 +402,9 @@ class TrioServer:
         try:
             async with trio.open_nursery() as nursery:  # for the handler runner
                 conn = _Connection(driver, stream, self.options, nursery, self.limiter)
+                driver.request_close = conn.close_from_anywhere(
+                    trio.lowlevel.current_trio_token()
+                )
                 self._connections.add(conn)
                 await conn.run()
                 await conn.aclose()  # close the socket now; the nursery waits for the handler

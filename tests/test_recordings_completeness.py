@@ -5,6 +5,7 @@ every verdict is checked by decoding the files with PyAV.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -287,12 +288,16 @@ def test_duplicate_connection_supersedes_the_older(clip: Media, tmp_path: Path) 
     finished: list[FinishedRecording] = []
     metrics = Metrics()
     recorder = Recorder(tmp_path, on_finish=finished.append, metrics=metrics, clock=Clock())
-    old = recorder(INFO)
+    closes: list[tuple[int, str]] = []
+    info = dataclasses.replace(INFO, close=lambda code, reason: closes.append((code, reason)))
+    old = recorder(info)
     old.on_start(start())
     send(old, clip.data[: spans[2][0]])
     new = recorder(INFO)
     new.on_start(start())  # the same bot_id + speaker while the old one is open
     assert len(finished) == 1 and finished[0].sidecar["end_reason"] == "superseded"
+    # The older connection is asked to close, normally (a bot does not retry after 1000).
+    assert closes == [(1000, "superseded by a newer connection")]
     send(old, clip.data[spans[2][0] :])  # ignored, never written
     send(new, clip.data)
     new.on_end(StreamEnded(4.0))
@@ -307,6 +312,63 @@ def test_duplicate_connection_supersedes_the_older(clip: Media, tmp_path: Path) 
     assert second.path.read_bytes() == clip.data
     assert metrics.recording_lost.value("superseded") == 1
     assert probe(second.path).video_frames == clip.video_frames
+    assert len(closes) == 1  # the newer connection was never asked to close
+
+
+@pytest.mark.parametrize("adapter", ["asyncio", "sync", "trio", "asgi-uvicorn", "asgi-hypercorn"])
+def test_duplicate_connection_closes_the_older_bot(
+    clip: Media, tmp_path: Path, adapter: str
+) -> None:
+    """Over a real server: the older bot gets a close frame with 1000 (sent for it from the
+    newer connection's handler thread), the newer one streams on."""
+    import asyncio
+
+    from conformance.servers import running_server
+
+    from meetstream_live import BotClosed
+    from meetstream_live.adapters.asyncio import AsyncioBot
+
+    _, spans = fragment_spans(clip.data)
+    finished: list[FinishedRecording] = []
+    metrics = Metrics()
+    recorder = Recorder(tmp_path, on_finish=finished.append, metrics=metrics)
+
+    def older_started() -> None:  # its handler has had the start (they run in other threads)
+        deadline = time.monotonic() + 10
+        while metrics.streams_active.value() < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    async def bots(address: str) -> BotClosed:
+        older = await AsyncioBot.connect(address)
+        await older.send_start("bot-7", speakerId="spk-1")
+        await older.send_chunk(clip.data[: spans[2][0]])
+        await asyncio.to_thread(older_started)
+        newer = await AsyncioBot.connect(address)
+        await newer.send_start("bot-7", speakerId="spk-1")
+        while not isinstance(event := await older.next_event(10), BotClosed):
+            pass
+        await newer.send_chunk(clip.data)
+        await newer.send_end(4.0)
+        assert (await newer.close()).code == 1000
+        older.abort()
+        return event
+
+    with running_server(adapter, recorder) as port:
+        closed = asyncio.run(asyncio.wait_for(bots(f"ws://127.0.0.1:{port}/"), 30))
+        deadline = time.monotonic() + 10
+        while len(finished) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    recorder.close()
+    assert (closed.code, closed.reason) == (1000, "superseded by a newer connection")
+    first, second = finished
+    assert first.sidecar["end_reason"] == "superseded"
+    # What the older handler had got when the newer start came (the pong says the receiver
+    # read it, not that the handler has it yet: the test above checks the bytes).
+    assert clip.data[: spans[2][0]].startswith(first.path.read_bytes())
+    assert second.sidecar["started_by"] == "superseded"
+    assert second.path.read_bytes() == clip.data
 
 
 # ------------------------------------------------------------------ 4. duration and seeking

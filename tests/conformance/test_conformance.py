@@ -485,3 +485,62 @@ def test_slow_handler_does_not_delay_other_streams(
     assert elapsed < 10
     assert handler.data == media
     assert_pongs(result, "bot-1")
+
+
+
+def test_handler_can_close_its_connection(adapter: str) -> None:
+    """``ConnectionInfo.close`` from the handler's thread: the bot gets the close frame with
+    the handler's code and reason, and the handler still gets ``on_disconnect``, with that
+    code everywhere (under ASGI the app reports the close it sent, as the core does: hypercorn
+    says 1000 for it, whatever the bot's answer)."""
+    from meetstream_live import BotClosed, Event, StreamStarted
+    from meetstream_live.adapters import ConnectionInfo, Handler
+
+    from .servers import CollectingHandler
+
+    threads: list[str] = []
+
+    class Closing(CollectingHandler):
+        def on_start(self, event: StreamStarted) -> None:
+            threads.append(threading.current_thread().name)
+            self.info.close(4000, "bye")
+
+        def dispatch(self, events: Any) -> None:
+            batch = list(events)
+            Handler.dispatch(self, batch)  # on_start
+            super().dispatch(batch)  # and what the collector keeps
+
+    collector = Collector()
+
+    def factory(info: ConnectionInfo) -> Handler:
+        handler = Closing(collector, info)
+        with collector.cond:
+            collector.handlers.append(handler)
+        return handler
+
+    async def bot(address: str) -> list[Event]:
+        from meetstream_live.adapters.asyncio import AsyncioBot
+
+        client = await AsyncioBot.connect(address)
+        await client.send_start("closed-by-handler")
+        events: list[Event] = []
+        while not isinstance(event := await client.next_event(10), BotClosed):
+            events.append(event)
+        # Our close answer went out with the read: drop the TCP connection only once the
+        # receiver is done with it (a reset could discard the answer before it is read).
+        await asyncio.to_thread(collector.wait_finished, 1)
+        client.abort()
+        return [*events, event]
+
+    with running_server(adapter, factory) as port:
+        events = asyncio.run(asyncio.wait_for(bot(url(port)), 30))
+        [handler] = collector.wait_finished(1)
+        handler.info.close(4001, "again")  # a no-op once closed
+    handler.info.close(4002, "after shutdown")  # still a no-op
+    [closed] = events
+    assert isinstance(closed, BotClosed)
+    assert (closed.code, closed.reason) == (4000, "bye")
+    assert threads and threads[0] != "MainThread"
+    assert [type(e).__name__ for e in handler.events] == ["StreamStarted", "Disconnected"]
+    assert (handler.disconnected.code, handler.disconnected.reason) == (4000, "bye")
+    assert not handler.disconnected.clean  # the stream never ended
