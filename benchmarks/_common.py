@@ -6,6 +6,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import random
@@ -195,8 +196,37 @@ def mb_per_s(nbytes: float, seconds: float) -> float:
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc/PID/stat."""
+def _children(pid: int) -> list[int]:
+    """Direct children of a process: /proc/PID/task/*/children, or a scan of /proc for PPid
+    where the kernel lacks that file."""
+    found: list[int] = []
+    tasks = list(Path(f"/proc/{pid}/task").glob("*/children"))
+    if tasks:
+        for path in tasks:
+            with contextlib.suppress(OSError, ValueError):
+                found += [int(c) for c in path.read_text().split()]
+        return found
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants alive now (a server with ``--workers N`` forks them)."""
+    tree = [pid]
+    i = 0
+    while i < len(tree):
+        tree += [c for c in _children(tree[i]) if c not in tree]
+        i += 1
+    return tree
+
+
+def _cpu_one(pid: int) -> float:
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -205,8 +235,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def peak_rss_mib(pid: int) -> float:
-    """VmHWM (peak resident set) of a process, in MiB."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its descendants (all their threads), from
+    /proc/PID/stat, summed over the process tree alive now."""
+    values = [v for v in (_cpu_one(p) for p in process_tree(pid)) if not math.isnan(v)]
+    return math.fsum(values) if values else float("nan")
+
+
+def _hwm_one(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -214,6 +250,13 @@ def peak_rss_mib(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
+
+
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM (peak resident set) in MiB, summed over the process and its descendants alive
+    now (pages shared after a fork count once per process)."""
+    values = [v for v in (_hwm_one(p) for p in process_tree(pid)) if not math.isnan(v)]
+    return math.fsum(values) if values else float("nan")
 
 
 def machine() -> dict[str, Any]:
@@ -246,10 +289,17 @@ def machine() -> dict[str, Any]:
             ["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
             timeout=10, cwd=ROOT,
         ).stdout.strip()
+    dirty: list[str] = []
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        dirty = [line[3:] for line in subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+            text=True, timeout=10, cwd=ROOT,
+        ).stdout.splitlines() if line.strip()]
     import meetstream_live
 
     return {
-        "revision": revision, "package_path": str(Path(meetstream_live.__file__).parent),
+        "revision": revision, "dirty_files": dirty,
+        "package_path": str(Path(meetstream_live.__file__).parent),
         "cpu": cpu, "cores": os.cpu_count(), "memory": mem, "kernel": platform.release(),
         "python": platform.python_version(), "implementation": platform.python_implementation(),
         "node": node_version, "packages": versions,
@@ -280,6 +330,7 @@ class ServerSpec:
     name: str
     kind: str  # "ours" or "peer"
     adapter: str = ""
+    workers: int = 0  # ours: ``serve --workers N`` (0: the option is not given)
 
     def command(self, port: int, output: Path) -> tuple[list[str], dict[str, str]]:
         env = dict(os.environ)
@@ -289,6 +340,8 @@ class ServerSpec:
                 "--host", "127.0.0.1", "--port", str(port), "--output", str(output),
                 "--log-level", "warning", "--drain-timeout", "5s",
             ]
+            if self.workers:
+                argv += ["--workers", str(self.workers)]
             return argv, env
         env.update(WS_HOST="127.0.0.1", WS_PORT=str(port), OUTPUT_DIR=str(output))
         if self.name == "peer-websockets":
@@ -301,12 +354,16 @@ class ServerSpec:
 OURS = tuple(
     ServerSpec(f"ours-{a}", "ours", a) for a in ("asyncio", "uvloop", "sync", "trio")
 )
+#: ``serve --adapter asyncio --workers 2``: two processes sharing the port (SO_REUSEPORT).
+OURS_WORKERS = (ServerSpec("ours-asyncio-w2", "ours", "asyncio", workers=2),)
 PEERS_SPECS = (ServerSpec("peer-websockets", "peer"), ServerSpec("peer-ws-node", "peer"))
-ALL_SERVERS = OURS + PEERS_SPECS
+ALL_SERVERS = OURS + OURS_WORKERS + PEERS_SPECS
 
 
 def available(spec: ServerSpec) -> str | None:
     """Why a server cannot run here, or None."""
+    if spec.workers and not hasattr(socket, "SO_REUSEPORT"):
+        return "serve --workers needs SO_REUSEPORT (Linux)"
     if spec.adapter == "uvloop":
         try:
             import uvloop  # noqa: F401

@@ -13,6 +13,16 @@ from ._common import KIB, MIB
 IMG_FLAT = "img/bench_flat_throughput.png"
 IMG_P99 = "img/bench_many_p99.png"
 IMG_MANY = "img/bench_many_throughput.png"
+#: Hand-written notes (the profile, the optimizations and their before/after ratios), kept
+#: in the repository and included verbatim at the end of the generated page.
+NOTES = Path(__file__).resolve().parent / "notes.md"
+
+#: The issue's targets.
+FLAT_BEST_MIN = 1.25  # best adapter's MB/s over the faster peer's, one bot flat out
+FLAT_SLOWEST_MIN = 1.0  # slowest adapter's, same
+MANY_K_MIN = 1000  # bots held (pong p99 < 100 ms, no loss, ratio >= 0.99)
+MANY_RSS_PER_BOT_MAX = 0.3  # MB of peak RSS per bot at that K
+CORE_MIN = 0.5  # ours' MB/s over the websockets sans-IO core's
 
 
 def _load(files: list[Path]) -> dict[str, Any]:
@@ -21,7 +31,7 @@ def _load(files: list[Path]) -> dict[str, Any]:
         document = json.loads(path.read_text())
         merged.setdefault("sources", []).append(
             {"file": path.name, "command": document.get("command"),
-             "parts": sorted(document.get("parts", {}))})
+             "parts": sorted(document.get("parts", {})), "reps": document.get("reps")})
         merged["machine"] = document.get("machine", merged.get("machine"))
         merged["quick"] = merged.get("quick", False) or document.get("quick", False)
         for name, part in document.get("parts", {}).items():
@@ -134,18 +144,127 @@ def _plots(parts: dict[str, Any], docs: Path) -> list[str]:
     return made
 
 
+def _ours(name: str) -> bool:
+    return name.startswith("ours-")
+
+
+def _adapter(name: str) -> bool:
+    """One of our adapters in one process (not ``--workers N``)."""
+    return _ours(name) and not name.rsplit("-", 1)[-1].startswith("w")
+
+
+def _met(ok: bool) -> str:
+    return "**met**" if ok else "**not met**"
+
+
+def _targets(parts: dict[str, Any]) -> list[str]:
+    """The issue's targets, each against the peers measured in the same run: met or not."""
+    out: list[str] = []
+    rows: list[list[str]] = []
+    flat = parts.get("flat")
+    if flat and flat["rows"]:
+        for chunk in sorted({r["chunk"] for r in flat["rows"]}, reverse=True):
+            mine = [r for r in flat["rows"] if r["chunk"] == chunk]
+            peers = [r for r in mine if not _ours(r["server"])]
+            adapters = [r for r in mine if _adapter(r["server"])]
+            if not peers or not adapters:
+                continue
+            peer = max(peers, key=lambda r: r["mbps"])
+            best = max(adapters, key=lambda r: r["mbps"])
+            slow = min(adapters, key=lambda r: r["mbps"])
+            for what, r, goal in (("best adapter", best, FLAT_BEST_MIN),
+                                  ("slowest adapter", slow, FLAT_SLOWEST_MIN)):
+                ratio = r["mbps"] / peer["mbps"]
+                rows.append([f"one bot flat out, {_size(chunk)} chunks: {what}",
+                             f">= {goal:.2f}x the faster peer",
+                             f"{r['server']} {_f(r['mbps'])} MB/s vs {peer['server']} "
+                             f"{_f(peer['mbps'])}: **{ratio:.2f}x**", _met(ratio >= goal)])
+    many = parts.get("many")
+    if many and many["rows"]:
+        ok_rows = [r for r in many["rows"] if not r.get("failed")]
+        servers = list(dict.fromkeys(r["server"] for r in ok_rows if _ours(r["server"])))
+        peer_at: dict[int, dict[str, Any]] = {
+            r["k"]: r for r in ok_rows if r["server"] == "peer-websockets"}
+        for name in servers:
+            held = [r for r in ok_rows if r["server"] == name and r["holds"]]
+            top = max(held, key=lambda r: r["k"]) if held else None
+            big = [r for r in ok_rows if r["server"] == name and r["k"] >= MANY_K_MIN]
+            target = min(big, key=lambda r: r["k"]) if big else None
+            if target is None:
+                rows.append([f"many bots: {name}", f">= {MANY_K_MIN:,} bots held, RSS <= "
+                             f"{MANY_RSS_PER_BOT_MAX} MB/bot", "K >= 1,000 not run", "-"])
+                continue
+            per_bot = target["server_peak_rss_mib"] * MIB / 1e6 / target["k"]
+            peer = peer_at.get(target["k"])
+            versus = ""
+            if peer:
+                peer_bot = peer["server_peak_rss_mib"] * MIB / 1e6 / peer["k"]
+                versus = (f"; peer-websockets p99 {_f(peer['rtt_p99_ms'], 1)} ms, "
+                          f"{peer_bot:.2f} MB/bot, CPU {_f(peer['server_cpu_pct'])} % "
+                          f"(ours/peer CPU {target['server_cpu_pct'] / peer['server_cpu_pct']:.2f}"
+                          "x)" if peer["server_cpu_pct"] else "")
+            got = (f"K={target['k']:,}: p99 {_f(target['rtt_p99_ms'], 1)} ms, lost "
+                   f"{_f(target['bytes_lost'])}, {per_bot:.2f} MB/bot, CPU "
+                   f"{_f(target['server_cpu_pct'])} %{versus}; highest K held "
+                   f"{top['k'] if top else '-'}")
+            ok = bool(target["holds"]) and per_bot <= MANY_RSS_PER_BOT_MAX
+            rows.append([f"many bots: {name}", f">= {MANY_K_MIN:,} bots, p99 < "
+                         f"{many['p99_limit_ms']:g} ms, no loss, RSS <= "
+                         f"{MANY_RSS_PER_BOT_MAX} MB/bot", got, _met(ok)])
+    core = parts.get("core")
+    if core:
+        for r in core["frames"]:
+            ratio = 1 / r["time_ratio_ours_websockets"]
+            rows.append([f"core, {_size(r['frame'])} frames", f">= {CORE_MIN}x websockets' "
+                         "sans-IO core", f"{_f(r['ours_mbps'])} vs {_f(r['websockets_mbps'])} "
+                         f"MB/s: **{ratio:.2f}x**", _met(ratio >= CORE_MIN)])
+    if rows:
+        out += ["## Targets", "",
+                "The issue's targets, each a ratio against the peer measured in the same run "
+                "(alternated rep by rep; ratios of the medians for flat, medians of the "
+                "per-rep time ratios for core). The many-bots target is met by a server that "
+                "holds K >= 1,000 (table below) with peak RSS per bot within the limit; MB is "
+                "10^6 bytes.", "",
+                _table(["target", "goal", "this run", "met?"], rows), ""]
+        out += ["In short (flat and core must hold at every size; many bots by at least one of "
+                "our servers):", ""]
+        for kind, label in (("one bot flat out", "one bot flat out"),
+                            ("many bots", "many bots"), ("core", "core")):
+            mine = [r for r in rows if r[0].startswith(kind)]
+            if not mine:
+                continue
+            if kind == "many bots":
+                who = [r[0].split(": ", 1)[1] for r in mine if r[3] == _met(True)]
+                out.append(f"* {label}: " + (f"{_met(True)} by {', '.join(who)}" if who
+                                             else f"{_met(False)} by any of our servers"))
+            else:
+                bad = [r[0].split(kind, 1)[1].lstrip(", ") for r in mine
+                       if r[3] != _met(True)]
+                out.append(f"* {label}: " + (_met(True) if not bad else
+                                             f"{_met(False)} ({'; '.join(bad)})"))
+        out.append("")
+    return out
+
+
 def render(data: dict[str, Any], images: list[str]) -> str:
     parts = data["parts"]
     m = data.get("machine") or {}
     out: list[str] = ["# Benchmarks", ""]
     out.append(
         "Generated by `make bench` (`python -m benchmarks all --out benchmarks/results/all.json` "
-        "then `python -m benchmarks report benchmarks/results/all.json`); do not edit by hand. "
+        "then `python -m benchmarks report benchmarks/results/all.json`); do not edit by hand: "
+        "the last section, *Profile and optimizations*, is included from `benchmarks/notes.md`"
+        ", edit it there. "
         "`python -m benchmarks --help` lists the parts and options.")
     out.append("")
     if data.get("quick"):
-        out += ["> **Quick run** (`--quick`): short runs on a busy machine, for validating the "
-                "harness. Run `make bench` on a quiet machine for the real figures.", ""]
+        reps = sorted({str(x["reps"]) for x in data.get("sources", []) if x.get("reps")})
+        out += ["> **Quick-run numbers** (`--quick`: small sizes, 4 s windows): every figure "
+                f"is the median of {' or '.join(reps) or 'N'} runs alternated between the "
+                f"servers, on {m.get('cpu', '?')} ({m.get('cores', '?')} cores) at "
+                f"`{m.get('revision', '?')}`, a machine other work shared; absolute figures "
+                "move by +-20 % between runs, so read the ratios taken inside the same run. "
+                "Run `make bench` on a quiet machine for the real figures.", ""]
     out += ["## Method", "",
             "* Every figure is the median of the runs (`--reps`, default 3), alternated between "
             "the servers (rep 1 of each, then rep 2 of each...). Every comparison is a ratio "
@@ -162,8 +281,14 @@ def render(data: dict[str, Any], images: list[str]) -> str:
             "* The payload is a real fMP4 stream: the bundled sample's init segment and its "
             "fragments, each `mdat` padded to make 512 KiB fragments (one second at 4 Mbit/s).",
             "* Bytes lost = bytes sent per bot - bytes in that bot's finished recording files.",
+            "* `ours-asyncio-w2` is `meetstream-live serve --adapter asyncio --workers 2`: "
+            "two worker processes forked by a parent, sharing the port with `SO_REUSEPORT` (the "
+            "kernel spreads connections by address, so one bot gets one worker).",
             "* Server CPU is `/proc/PID/stat` (all threads) over the load generator's life, in % "
-            "of one core; peak RSS is `VmHWM`.", ""]
+            "of one core; peak RSS is `VmHWM`. Both are summed over the server's process tree "
+            "(the process and its descendants, found by their `PPid`), so `--workers N` counts "
+            "the parent and every worker, and pages shared after the fork count once per "
+            "process.", ""]
     out += ["## Machine", ""]
     if m:
         pk = ", ".join(f"{k} {v}" for k, v in (m.get("packages") or {}).items())
@@ -173,11 +298,16 @@ def render(data: dict[str, Any], images: list[str]) -> str:
                 f"* Linux {m.get('kernel')}, {m.get('implementation')} {m.get('python')}, "
                 f"Node.js {m.get('node') or '-'}",
                 f"* {pk}",
-                f"* load average at start: {m.get('load_at_start')}; run at {m.get('time')}", ""]
+                f"* load average at start: {m.get('load_at_start')}; run at {m.get('time')}"]
+        if m.get("dirty_files"):
+            out.append("* uncommitted changes in the working tree at the run: "
+                       + ", ".join(f"`{f}`" for f in m["dirty_files"]))
+        out.append("")
     out += ["Commands:", ""]
     for source in data.get("sources", []):
         out.append(f"* `{source['command']}` -> `{source['file']}`")
     out.append("")
+    out += _targets(parts)
 
     ceiling = parts.get("ceiling")
     sink_by_chunk: dict[int, float] = {}
@@ -264,20 +394,25 @@ def render(data: dict[str, Any], images: list[str]) -> str:
         rows = []
         for r in many["rows"]:
             if r.get("failed"):
-                rows.append([r["server"], str(r["k"]), "0", "failed"] + ["-"] * 9)
+                rows.append([r["server"], str(r["k"]), "0", "failed"] + ["-"] * 10)
                 continue
             rows.append([r["server"], str(r["k"]), str(r["runs"]),
                          f"{_f(r['achieved_mbps'], 1)} / {_f(r['offered_mbps'], 1)}",
                          _f(r["achieved_ratio"], 3), _f(r["rtt_p50_ms"], 1),
-                         _f(r["rtt_p99_ms"], 1), _f(r["pongs_missing"]), _f(r["bytes_lost"]),
+                         _f(r["rtt_p99_ms"], 1),
+                         " / ".join(_f(v, 1) for v in r.get("runs_rtt_p99_ms", [])) or "-",
+                         _f(r["pongs_missing"]), _f(r["bytes_lost"]),
                          _f(r["server_cpu_pct"]), _f(r["server_peak_rss_mib"]),
                          _f(r["loadgen_cpu_pct"]), "yes" if r["holds"] else "no"])
         out += [_table(["server", "K", "runs", "achieved / offered MB/s", "ratio", "pong p50 ms",
-                        "pong p99 ms", "pongs missing", "bytes lost", "CPU %", "peak RSS MiB",
-                        "loadgen CPU %", "holds"], rows), ""]
+                        "pong p99 ms", "p99 of each run", "pongs missing", "bytes lost",
+                        "CPU %", "peak RSS MiB", "loadgen CPU %", "holds"], rows), ""]
         for name, why in {**many.get("skipped", {}), **many.get("missing", {})}.items():
             out.append(f"* {name}: not measured ({why})")
         out.append("")
+    if NOTES.exists():
+        out += [f"<!-- from {NOTES.parent.name}/{NOTES.name}: hand-written, kept by `report` -->",
+                "", NOTES.read_text().rstrip("\n"), ""]
     return "\n".join(out)
 
 
