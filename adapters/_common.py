@@ -13,12 +13,13 @@ import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from meetstream_live import (
     Accepted,
     BotAccepted,
     BotClosed,
+    BotConnection,
     BotRejected,
     ConnectionState,
     Disconnected,
@@ -35,6 +36,7 @@ from meetstream_live import (
 )
 
 __all__ = [
+    "AsyncBotSends",
     "ConnectionDriver",
     "ConnectionInfo",
     "HTTPAnswer",
@@ -305,6 +307,41 @@ class HandshakeFailed(ConnectionError):
         self.status = status
         self.reason = reason
         self.body = body
+
+
+class AsyncBotSends:
+    """The ``send_*`` methods of the async bot clients (asyncio, trio): queue with the core's
+    :class:`~meetstream_live.BotConnection`, then write with the client's own ``_flush()``."""
+
+    conn: BotConnection
+    clock: Callable[[], int]
+
+    async def _flush(self) -> None:
+        raise NotImplementedError
+
+    async def send_start(self, bot_id: str, **fields: Any) -> None:
+        self.conn.send_start(bot_id, **fields)
+        await self._flush()
+
+    async def send_chunk(self, data: bytes, *, final: bool = True) -> None:
+        self.conn.send_chunk(data, final=final)
+        await self._flush()
+
+    async def send_ping(self, seq: Any, sent_at_ms: Any | None = None) -> None:
+        self.conn.send_ping(seq, self.clock() if sent_at_ms is None else sent_at_ms)
+        await self._flush()
+
+    async def send_end(self, duration_seconds: float) -> None:
+        self.conn.send_end(duration_seconds)
+        await self._flush()
+
+    async def send_text(self, text: str) -> None:
+        self.conn.send_text(text)
+        await self._flush()
+
+    async def send_ws_ping(self, payload: bytes = b"") -> None:
+        self.conn.send_ws_ping(payload)
+        await self._flush()
 
 
 def handshake_outcome(events: Iterable[Event]) -> bool | None:

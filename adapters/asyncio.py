@@ -31,6 +31,7 @@ from meetstream_live import (
 
 from ._aio import ThreadedDelivery, handler_pool
 from ._common import (
+    AsyncBotSends,
     ConnectionDriver,
     HandlerFactory,
     ServerOptions,
@@ -352,7 +353,7 @@ async def serve(
         await server.shutdown()
 
 
-class AsyncioBot:
+class AsyncioBot(AsyncBotSends):
     """A MeetStream bot on asyncio streams: ``bot = await AsyncioBot.connect(url)``.
 
     ``send_*`` write at once (and wait for the socket buffer to drain); :meth:`next_event`
@@ -420,30 +421,6 @@ class AsyncioBot:
         with contextlib.suppress(OSError):
             await self._flush()
         return events
-
-    async def send_start(self, bot_id: str, **fields: Any) -> None:
-        self.conn.send_start(bot_id, **fields)
-        await self._flush()
-
-    async def send_chunk(self, data: bytes, *, final: bool = True) -> None:
-        self.conn.send_chunk(data, final=final)
-        await self._flush()
-
-    async def send_ping(self, seq: Any, sent_at_ms: Any | None = None) -> None:
-        self.conn.send_ping(seq, self.clock() if sent_at_ms is None else sent_at_ms)
-        await self._flush()
-
-    async def send_end(self, duration_seconds: float) -> None:
-        self.conn.send_end(duration_seconds)
-        await self._flush()
-
-    async def send_text(self, text: str) -> None:
-        self.conn.send_text(text)
-        await self._flush()
-
-    async def send_ws_ping(self, payload: bytes = b"") -> None:
-        self.conn.send_ws_ping(payload)
-        await self._flush()
 
     async def next_event(self, timeout: float | None = None) -> Event:
         """The next event from the receiver; :class:`BotClosed` once the connection is over."""

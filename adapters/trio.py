@@ -16,7 +16,6 @@ import math
 import ssl as ssl_module
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
 
 import trio
 
@@ -31,6 +30,7 @@ from meetstream_live import (
 
 from ._common import (
     GOING_AWAY,
+    AsyncBotSends,
     ConnectionDriver,
     Handler,
     HandlerFactory,
@@ -445,7 +445,7 @@ async def _serve_shielded(server: TrioServer) -> None:
         await server.serve_forever()
 
 
-class TrioBot:
+class TrioBot(AsyncBotSends):
     """A MeetStream bot on trio streams: ``bot = await TrioBot.connect(url)``.
 
     ``send_*`` write at once (``ConnectionError`` when the connection is gone);
@@ -520,30 +520,6 @@ class TrioBot:
         with contextlib.suppress(OSError):
             await self._flush()  # answers to WebSocket pings and closes
         return events
-
-    async def send_start(self, bot_id: str, **fields: Any) -> None:
-        self.conn.send_start(bot_id, **fields)
-        await self._flush()
-
-    async def send_chunk(self, data: bytes, *, final: bool = True) -> None:
-        self.conn.send_chunk(data, final=final)
-        await self._flush()
-
-    async def send_ping(self, seq: Any, sent_at_ms: Any | None = None) -> None:
-        self.conn.send_ping(seq, self.clock() if sent_at_ms is None else sent_at_ms)
-        await self._flush()
-
-    async def send_end(self, duration_seconds: float) -> None:
-        self.conn.send_end(duration_seconds)
-        await self._flush()
-
-    async def send_text(self, text: str) -> None:
-        self.conn.send_text(text)
-        await self._flush()
-
-    async def send_ws_ping(self, payload: bytes = b"") -> None:
-        self.conn.send_ws_ping(payload)
-        await self._flush()
 
     async def next_event(self, timeout: float | None = None) -> Event:
         """The next event from the receiver; :class:`BotClosed` once the connection is over.

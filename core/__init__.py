@@ -2,7 +2,7 @@
 
 This package is the sans-IO core: no sockets, threads, event loops, clocks, files or
 randomness. Bytes and the current time go in; events and bytes to send come out. The I/O
-lives in :mod:`meetstream_live.adapters`.
+lives in the ``adapters`` subpackage, which imports this one (never the reverse).
 
 * :class:`ServerConnection` — the receiver's side of one TCP connection (HTTP upgrade with h11,
   WebSocket with wsproto, then the MeetStream :class:`Session`).
