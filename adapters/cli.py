@@ -233,11 +233,22 @@ def _disk_guard(args: argparse.Namespace, output: Path, metrics: Metrics) -> Dis
     return guard
 
 
+def _require_remux() -> None:
+    from .remux import RemuxUnavailable, require
+
+    try:
+        require()
+    except RemuxUnavailable as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     output = Path(args.output)
     _check_writable(output)
     run = _adapter_run(args.adapter)
     context = _tls_context(args.tls_cert, args.tls_key)
+    if args.remux is not None:
+        _require_remux()
     token = args.token or environ.get("MEETSTREAM_LIVE_TOKEN") or None
     _setup_logging(args.log_format, args.log_level)
     worker: int = getattr(args, "worker", 0)  # set in the processes of --workers
@@ -245,12 +256,12 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return _serve_workers(args, environ, output)
     metrics = Metrics()
     guard = _disk_guard(args, output, metrics)
-    names = HookRunner.hooks_for(args.on_finish, args.webhook)
+    names = HookRunner.hooks_for(args.on_finish, args.webhook, args.remux)
     journal = Journal(output, names)
     try:
         # With --workers, the parent process runs the hooks the workers journal.
         runner = HookRunner(journal, command=args.on_finish, webhook=args.webhook,
-                            metrics=metrics) if names and not worker else None
+                            metrics=metrics, remux=args.remux) if names and not worker else None
     except ValueError:
         raise UsageError("--on-finish: empty command") from None
     if runner is not None:
@@ -329,7 +340,7 @@ def _serve_workers(args: argparse.Namespace, environ: Mapping[str, str], output:
     _adapter_run(args.adapter)  # fail here, once, if it is not installed
     _tls_context(args.tls_cert, args.tls_key)
     metrics = Metrics()
-    names = HookRunner.hooks_for(args.on_finish, args.webhook)
+    names = HookRunner.hooks_for(args.on_finish, args.webhook, args.remux)
     journal = Journal(output, names)
     recover(output, metrics=metrics, journal=journal if names else None, index=args.index)
     if args.keep_days is not None or args.max_total_size is not None:
@@ -373,7 +384,7 @@ def _serve_workers(args: argparse.Namespace, environ: Mapping[str, str], output:
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         runner = HookRunner(journal, command=args.on_finish, webhook=args.webhook,
-                            metrics=metrics) if names else None
+                            metrics=metrics, remux=args.remux) if names else None
     except ValueError:
         forward(signal.SIGTERM, None)
         runner = None
@@ -686,6 +697,11 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     serve.add_argument("--webhook", metavar="URL",
                        help="POST each finished recording's sidecar JSON to URL (journaled and "
                        "retried like --on-finish until a 2xx answer)")
+    serve.add_argument("--remux", choices=("mp4",), default=None,
+                       help="after each recording is finished, also write <stem>.remux.mp4: a "
+                       "plain (non-fragmented) MP4 with the moov first (faststart), stream "
+                       "copy, no re-encoding; journaled like the hooks and run before them. "
+                       "Needs PyAV (the 'media' extra)")
     _duration(serve, "--reconnect-grace", "90s",
               "keep a stream's part open this long after its connection drops, for the same "
               "bot_id + speaker to reconnect and continue it; 0 to finalize at once",
@@ -721,8 +737,9 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     rec = commands.add_parser(
         "recover", help="finish the .part files a crash left behind", formatter_class=_Help,
         description="Under DIR, cut each unfinished .mp4.part back to its last complete "
-        "fragment, rename it and write its sidecar (end_reason crash, verdict truncated), as "
-        "'serve' does at start. Run it only while no receiver writes to DIR.",
+        "fragment, rename it and write its sidecar (end_reason crash, verdict truncated), and "
+        "close the session manifests left open (state recovered), as 'serve' does at start. "
+        "Run it only while no receiver writes to DIR.",
     )
     rec.add_argument("directory", metavar="DIR", help="the recordings directory")
     rec.add_argument("--index", action="store_true",

@@ -5,11 +5,15 @@ hook runs, so each hook runs at least once, even across a crash and a restart.
   ``<output>/.hooks/``, written and fsynced by the recorder *before* it removes the
   recording's ``.json.part`` (so a crash at any point leaves either the ``.json.part``, which
   :func:`~.recorder.recover` turns into a journal entry, or the entry itself).
-* :class:`HookRunner` runs the hooks of each entry in a background thread: ``--on-finish``
-  (a command run with the media and sidecar paths appended, without a shell; exit status 0 is
-  success) and ``--webhook`` (an HTTP POST of the sidecar JSON; a 2xx answer is success).
+* :class:`HookRunner` runs the hooks of each entry in a background thread, in this order:
+  ``--remux mp4`` (:func:`~.remux.remux_mp4`: ``<stem>.remux.mp4`` beside the recording),
+  ``--on-finish`` (a command run with the media and sidecar paths appended, without a
+  shell; exit status 0 is success) and ``--webhook`` (an HTTP POST of the sidecar JSON; a
+  2xx answer is success).
   A failure is retried with exponential backoff; an entry is deleted only when all its hooks
-  have succeeded. On start it picks up whatever the journal still holds.
+  have succeeded. On start it picks up whatever the journal still holds. While the remux
+  fails, the hooks after it wait (so they can rely on ``<stem>.remux.mp4``), for at most
+  ``remux_attempts`` attempts: then the remux is given up (logged) and they run without it.
 """
 
 from __future__ import annotations
@@ -92,8 +96,14 @@ class HookRunner:
         backoff: float = 1.0,
         max_backoff: float = 600.0,
         timeout: float = 30.0,
+        remux: str | None = None,
+        remux_attempts: int = 3,
     ) -> None:
         self.journal = journal
+        if remux not in (None, "mp4"):
+            raise ValueError(f"unknown remux format {remux!r}")
+        self.remux = remux
+        self.remux_attempts = remux_attempts
         self.argv = shlex.split(command) if command else None
         if command is not None and not self.argv:
             raise ValueError("empty hook command")
@@ -108,9 +118,15 @@ class HookRunner:
         journal.added = self._wake.set
 
     @staticmethod
-    def hooks_for(command: str | None, webhook: str | None) -> tuple[str, ...]:
-        """The hook names a journal entry lists, for these options."""
-        return tuple(name for name, on in (("command", command), ("webhook", webhook)) if on)
+    def hooks_for(
+        command: str | None, webhook: str | None, remux: str | None = None
+    ) -> tuple[str, ...]:
+        """The hook names a journal entry lists, for these options, in the order they run."""
+        return tuple(
+            name
+            for name, on in (("remux", remux), ("command", command), ("webhook", webhook))
+            if on
+        )
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="hooks", daemon=True)
@@ -159,9 +175,28 @@ class HookRunner:
     def _run_entry(self, path: Path, entry: dict[str, Any]) -> bool:
         """Run the pending hooks of one entry; True when none is left."""
         pending = [h for h in entry.get("pending", []) if isinstance(h, str)]
+        attempts = int(entry.get("attempts") or 0) + 1
         still: list[str] = []
         error: str | None = None
-        for hook in pending:
+        for number, hook in enumerate(pending):
+            if hook == "remux":  # always first
+                try:
+                    self._run(hook, entry)
+                except Exception as exc:
+                    log.warning("remux failed for %s (attempt %d of %d): %s",
+                                entry.get("path"), attempts, self.remux_attempts, exc)
+                    if self.metrics is not None:
+                        self.metrics.hooks.inc(label="failed")
+                    if attempts < self.remux_attempts:
+                        # The hooks after it wait for it.
+                        still = pending[number:]
+                        error = f"remux: {exc}"
+                        break
+                    log.error("remux given up for %s: %s", entry.get("path"), exc)
+                else:
+                    if self.metrics is not None:
+                        self.metrics.hooks.inc(label="ok")
+                continue
             try:
                 self._run(hook, entry)
             except Exception as exc:
@@ -177,7 +212,6 @@ class HookRunner:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             return True
-        attempts = int(entry.get("attempts") or 0) + 1
         delay = min(self.max_backoff, self.backoff * 2 ** (attempts - 1))
         entry.update(pending=still, attempts=attempts, next_at=time.time() + delay,
                      last_error=error)
@@ -187,7 +221,13 @@ class HookRunner:
 
     def _run(self, hook: str, entry: dict[str, Any]) -> None:
         media, sidecar = str(entry["path"]), str(entry["sidecar_path"])
-        if hook == "command":
+        if hook == "remux":
+            if self.remux is None:
+                raise RuntimeError("no --remux format configured")
+            from .remux import remux_mp4
+
+            remux_mp4(media)
+        elif hook == "command":
             if self.argv is None:
                 raise RuntimeError("no --on-finish command configured")
             done = subprocess.run(

@@ -549,7 +549,9 @@ class _Session:
         if path is None:
             return
         verdicts = [p.get("verdict") for p in self.parts if p.get("verdict")]
-        recording = self.active is not None or self.dormant is not None
+        # A part still "recording": the first manifest is written before ``active`` is set.
+        recording = (self.active is not None or self.dormant is not None
+                     or any(p.get("state") == "recording" for p in self.parts))
         document = {
             "version": SIDECAR_VERSION,
             "bot_id": self.key[0] if self.key else None,
@@ -1681,7 +1683,67 @@ def recover(
             done.append(recording)
             if metrics is not None:
                 metrics.verdicts.inc(label=recording.sidecar["verdict"])
+    _recover_manifests(root, done, clock())
     return done
+
+
+def _recover_manifests(root: Path, done: list[FinishedRecording], now: int) -> None:
+    """Close the session manifests a crash left in state ``recording``: each part gets what
+    its sidecar says (state ``recovered`` for the parts just recovered), the manifest state
+    ``recovered``, ``recovered_parts`` the file names of the recovered parts."""
+    recovered = {r.path.resolve(): r for r in done}
+    for path in sorted(root.rglob("*.session.json")):
+        document = _load_json(path)
+        if document is None:
+            continue
+        parts = document.get("parts")
+        if not isinstance(parts, list):
+            parts = []
+        if document.get("state") != "recording" and not any(
+            isinstance(e, dict) and e.get("state") == "recording" for e in parts
+        ):
+            continue
+        names: list[str] = []
+        for entry in parts:
+            if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+                continue
+            media = path.parent / entry["file"]
+            recording = recovered.get(media.resolve())
+            sidecar = recording.sidecar if recording is not None else None
+            if sidecar is None and entry.get("state") == "recording":
+                sidecar = _load_json(media.with_suffix(".json"))
+                if sidecar is not None and sidecar.get("verdict") is None:
+                    sidecar = None
+            if sidecar is None:
+                if entry.get("state") == "recording":
+                    entry["state"] = "lost" if not media.exists() else "unknown"
+                continue
+            entry.update(
+                state="recovered" if recording is not None else "finished",
+                sidecar=media.with_suffix(".json").name, verdict=sidecar.get("verdict"),
+                end_reason=sidecar.get("end_reason"), bytes=sidecar.get("bytes"),
+                fragments=sidecar.get("fragments"),
+                media_duration_seconds=sidecar.get("media_duration_seconds"),
+                ended_at=sidecar.get("ended_at"),
+            )
+            if recording is not None:
+                names.append(entry["file"])
+        verdicts = [e.get("verdict") for e in parts if isinstance(e, dict)]
+        if any(isinstance(e, dict) and e.get("state") in ("lost", "unknown") for e in parts):
+            verdicts.append(TRUNCATED)
+        document.update(
+            state="recovered",
+            verdict=worst(v for v in verdicts if isinstance(v, str)),
+            recovered_parts=names,
+            recovered_at=_iso(now),
+        )
+        try:
+            _replace_json(path, document)
+        except OSError as exc:
+            log.error("could not update the manifest %s: %r", path, exc)
+        else:
+            log.warning("recovered the session manifest %s (%d part(s) recovered)", path,
+                        len(names))
 
 
 def _recover_one(

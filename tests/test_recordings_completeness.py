@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import http.server
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -627,3 +629,178 @@ def test_recover_command(clip: Media, tmp_path: Path, capsys: pytest.CaptureFixt
     assert doc["indexed"] is True
     assert probe(media).video_frames == 4 * 12
     assert verify_file(media).verdict == "complete"  # the media itself is whole now
+
+
+# ------------------------------------------------------------------ 8. webhook, remux, manifests
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    """Answers 500 to the first POST, 200 after; keeps what it got on the server."""
+
+    def do_POST(self) -> None:
+        server = self.server
+        assert isinstance(server, _HookServer)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        server.posts.append((time.monotonic(), self.headers.get("Content-Type"), body))
+        status = 500 if len(server.posts) == 1 else 200
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _HookServer(http.server.ThreadingHTTPServer):
+    posts: list[tuple[float, str | None, bytes]]
+
+
+def test_webhook_retries_until_2xx(clip: Media, tmp_path: Path) -> None:
+    server = _HookServer(("127.0.0.1", 0), _Hook)
+    server.posts = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        out = tmp_path / "out"
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        journal = Journal(out, HookRunner.hooks_for(None, url))
+        metrics = Metrics()
+        runner = HookRunner(journal, webhook=url, backoff=0.1, max_backoff=0.2, timeout=2.0,
+                            metrics=metrics)
+        runner.start()
+        began = time.monotonic()
+        finished: list[FinishedRecording] = []
+        stream(Recorder(out, on_finish=finished.append, journal=journal), clip.data, end=4.0)
+        deadline = time.monotonic() + 3
+        while journal.entries():
+            assert time.monotonic() < deadline, server.posts
+            time.sleep(0.01)
+        runner.close()
+        assert time.monotonic() - began < 3
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(server.posts) == 2
+    (first_at, _, _), (second_at, content_type, body) = server.posts
+    assert second_at - first_at >= 0.09  # the backoff
+    assert content_type == "application/json"
+    assert body == only(finished).sidecar_path.read_bytes()
+    assert json.loads(body)["file"] == only(finished).path.name
+    assert metrics.hooks.value("failed") == 1 and metrics.hooks.value("ok") == 1
+    assert not journal.entries()
+
+
+def _top_level_boxes(data: bytes) -> list[str]:
+    boxes: list[str] = []
+    offset = 0
+    while offset + 8 <= len(data):
+        size = int.from_bytes(data[offset : offset + 4], "big")
+        kind = data[offset + 4 : offset + 8].decode("latin-1")
+        if size == 1:
+            size = int.from_bytes(data[offset + 8 : offset + 16], "big")
+        elif size == 0:
+            size = len(data) - offset
+        boxes.append(kind)
+        offset += size
+    return boxes
+
+
+def test_remux_mp4_is_a_plain_faststart_copy(clip: Media, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    names = HookRunner.hooks_for(None, None, "mp4")
+    assert names == ("remux",)
+    journal = Journal(out, names)
+    finished: list[FinishedRecording] = []
+    stream(Recorder(out, on_finish=finished.append, journal=journal), clip.data, end=4.0)
+    runner = HookRunner(journal, remux="mp4", backoff=0.01)
+    runner.run_due()
+    assert not journal.entries()
+    source = only(finished).path
+    remuxed = source.with_name(source.stem + ".remux.mp4")
+    assert remuxed.is_file() and not list(out.rglob("*.tmp"))
+    boxes = _top_level_boxes(remuxed.read_bytes())
+    assert "moof" not in boxes and "mfra" not in boxes
+    assert boxes.index("moov") < boxes.index("mdat")
+    before, after = probe(source), probe(remuxed)
+    assert abs(after.video_frames - before.video_frames) <= 1
+    assert after.video_frames == clip.video_frames
+    assert abs(after.duration_s - before.duration_s) <= 1 / before.fps + 1e-6
+    assert after.audio_frames == before.audio_frames
+    # Idempotent: a second run (a crash before the entry was removed) keeps the file.
+    stamp = remuxed.stat().st_mtime_ns
+    from meetstream_live.adapters.remux import remux_mp4
+
+    assert remux_mp4(source) == remuxed and remuxed.stat().st_mtime_ns == stamp
+
+
+def test_remux_runs_before_the_command_and_holds_it_back(
+    clip: Media, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    seen = tmp_path / "seen.txt"
+    script = tmp_path / "hook.py"
+    script.write_text(
+        "import sys, pathlib\n"
+        "media = pathlib.Path(sys.argv[1])\n"
+        f"pathlib.Path({str(seen)!r}).write_text("
+        "str(media.with_name(media.stem + '.remux.mp4').is_file()))\n"
+    )
+    journal = Journal(out, HookRunner.hooks_for("x", None, "mp4"))
+    stream(Recorder(out, journal=journal), clip.data, end=4.0)
+    from meetstream_live.adapters import remux as remux_module
+
+    real = remux_module.remux_mp4
+    calls: list[str] = []
+
+    def flaky(source: str) -> Path:
+        calls.append(source)
+        if len(calls) == 1:
+            raise ValueError("first attempt fails")
+        return real(source)
+
+    monkeypatch.setattr(remux_module, "remux_mp4", flaky)
+    runner = HookRunner(journal, command=f"'{sys.executable}' '{script}'", remux="mp4",
+                        backoff=0.01)
+    runner.run_due()
+    assert not seen.exists()  # the command waits for the remux
+    (entry,) = journal.entries()
+    assert json.loads(entry.read_text())["pending"] == ["remux", "command"]
+    time.sleep(0.02)
+    runner.run_due()
+    assert not journal.entries()
+    assert seen.read_text() == "True"  # the command saw the remuxed file
+    assert len(calls) == 2
+
+
+def test_remux_needs_pyav_at_serve_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "av", None)  # import av -> ImportError
+    code = main(["serve", "--output", str(tmp_path / "out"), "--port", "0", "--remux", "mp4",
+                 "--disk-low", "0"])
+    assert code == 2
+    assert "PyAV" in capsys.readouterr().err
+
+
+def test_recover_closes_a_session_manifest(clip: Media, tmp_path: Path) -> None:
+    _, spans = fragment_spans(clip.data)
+    handler = Recorder(tmp_path, buffer_size=1)(INFO)
+    handler.on_start(start())
+    send(handler, clip.data[: spans[4][0] + 1000])
+    stream_ = handler.stream
+    assert stream_ is not None and stream_.piece is not None and stream_.piece.fd is not None
+    os.close(stream_.piece.fd)  # the crash
+    (manifest,) = tmp_path.rglob("*.session.json")
+    assert json.loads(manifest.read_text())["state"] == "recording"
+    (recording,) = recover(tmp_path)
+    doc = json.loads(manifest.read_text())
+    assert doc["state"] == "recovered"
+    assert doc["recovered_parts"] == [recording.path.name]
+    assert doc["verdict"] == "truncated"
+    (part,) = doc["parts"]
+    assert part["state"] == "recovered" and part["verdict"] == "truncated"
+    assert part["end_reason"] == "crash" and part["fragments"] == recording.sidecar["fragments"]
+    assert part["sidecar"] == recording.sidecar_path.name
+    # A second run leaves it alone.
+    assert recover(tmp_path) == []
+    assert json.loads(manifest.read_text()) == doc
