@@ -8,6 +8,7 @@ Everything protocol-shaped happens in the core or here, once, for all adapters.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import time
@@ -33,6 +34,7 @@ from meetstream_live import (
     ServerConnection,
     StreamEnded,
     StreamStarted,
+    WebSocketURL,
 )
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "HandshakeFailed",
     "ServerOptions",
     "Step",
+    "client_tls",
     "deliver",
     "handshake_outcome",
     "media_size",
@@ -309,15 +312,52 @@ class HandshakeFailed(ConnectionError):
         self.body = body
 
 
+def client_tls(url: WebSocketURL, context: ssl.SSLContext | None) -> ssl.SSLContext | None:
+    """The TLS context a bot client connects with: the caller's, else the system's default
+    (certificates verified) for ``wss://``, else none."""
+    if context is not None:
+        return context
+    return ssl.create_default_context() if url.secure else None
+
+
 class AsyncBotSends:
-    """The ``send_*`` methods of the async bot clients (asyncio, trio): queue with the core's
-    :class:`~meetstream_live.BotConnection`, then write with the client's own ``_flush()``."""
+    """What the async bot clients (asyncio, trio) share: the ``send_*`` methods (queue with the
+    core's :class:`~meetstream_live.BotConnection`, then write with the client's ``_flush()``)
+    and the close handshake. Each client supplies ``_flush``, ``next_event`` and ``abort``."""
 
     conn: BotConnection
     clock: Callable[[], int]
 
     async def _flush(self) -> None:
         raise NotImplementedError
+
+    async def next_event(self, timeout: float | None = None) -> Event:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    async def start_close(self, code: int = 1000, reason: str = "") -> None:
+        """Send the close frame, without reading: for a caller whose own reader task
+        (:meth:`next_event`) gets the receiver's answer as :class:`BotClosed`. Does nothing
+        once the handshake is under way or over; a broken connection is not an error here
+        (the reader sees it)."""
+        self.conn.close(code, reason)
+        with contextlib.suppress(OSError):
+            await self._flush()
+
+    async def close(self, code: int = 1000, reason: str = "", timeout: float = 10.0) -> BotClosed:
+        """Close handshake; returns the receiver's answer (1006 if it never came)."""
+        await self.start_close(code, reason)
+        try:
+            while True:
+                event = await self.next_event(timeout)
+                if isinstance(event, BotClosed):
+                    return event
+        except TimeoutError:
+            return BotClosed(1006, "no close frame from the receiver")
+        finally:
+            self.abort()
 
     async def send_start(self, bot_id: str, **fields: Any) -> None:
         self.conn.send_start(bot_id, **fields)

@@ -36,6 +36,7 @@ from ._common import (
     HandlerFactory,
     ServerOptions,
     Step,
+    client_tls,
     handshake_outcome,
     log,
     now_ms,
@@ -382,9 +383,7 @@ class AsyncioBot(AsyncBotSends):
         """Connect and finish the handshake; raises ``HandshakeFailed`` when refused."""
         target = parse_ws_url(url)
         conn = BotConnection(target, headers=headers)
-        context = ssl if ssl is not None else (
-            ssl_module.create_default_context() if target.secure else None
-        )
+        context = client_tls(target, ssl)
         reader, writer = await _with_deadline(
             asyncio.open_connection(
                 target.host, target.port, ssl=context,
@@ -429,28 +428,6 @@ class AsyncioBot(AsyncBotSends):
                 return BotClosed(1006, "connection closed")
             self._events.extend(await _with_deadline(self._read_events(), timeout))
         return self._events.popleft()
-
-    async def start_close(self, code: int = 1000, reason: str = "") -> None:
-        """Send the close frame, without reading: for a caller whose own reader task
-        (:meth:`next_event`) gets the receiver's answer as :class:`BotClosed`. Does nothing
-        once the handshake is under way or over; a broken connection is not an error here
-        (the reader sees it)."""
-        self.conn.close(code, reason)
-        with contextlib.suppress(OSError):
-            await self._flush()
-
-    async def close(self, code: int = 1000, reason: str = "", timeout: float = 10.0) -> BotClosed:
-        """Close handshake; returns the receiver's answer (1006 if it never came)."""
-        await self.start_close(code, reason)
-        try:
-            while True:
-                event = await self.next_event(timeout)
-                if isinstance(event, BotClosed):
-                    return event
-        except TimeoutError:
-            return BotClosed(1006, "no close frame from the receiver")
-        finally:
-            self.abort()
 
     def abort(self) -> None:
         """Drop the TCP connection at once (a bot that vanishes)."""

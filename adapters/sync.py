@@ -38,6 +38,7 @@ from ._common import (
     HandlerFactory,
     ServerOptions,
     Step,
+    client_tls,
     deliver,
     handshake_outcome,
     log,
@@ -492,11 +493,7 @@ class SyncBot:
         """Connect and finish the handshake; raises ``HandshakeFailed`` when refused."""
         target = parse_ws_url(url)
         conn = BotConnection(target, headers=headers)
-        context = (
-            ssl
-            if ssl is not None
-            else (ssl_module.create_default_context() if target.secure else None)
-        )
+        context = client_tls(target, ssl)
         sock = socket.create_connection((target.host, target.port), timeout=timeout)
         try:
             if context is not None:

@@ -36,6 +36,7 @@ from ._common import (
     HandlerFactory,
     ServerOptions,
     Step,
+    client_tls,
     deliver,
     handshake_outcome,
     log,
@@ -473,11 +474,7 @@ class TrioBot(AsyncBotSends):
         """Connect and finish the handshake; raises ``HandshakeFailed`` when refused."""
         target = parse_ws_url(url)
         conn = BotConnection(target, headers=headers)
-        context = (
-            ssl
-            if ssl is not None
-            else (ssl_module.create_default_context() if target.secure else None)
-        )
+        context = client_tls(target, ssl)
         with _fail_after(timeout):
             tcp = await trio.open_tcp_stream(target.host, target.port)
             try:
@@ -531,21 +528,6 @@ class TrioBot(AsyncBotSends):
                 events = await self._read_events()
             self._events.extend(events)
         return self._events.popleft()
-
-    async def close(self, code: int = 1000, reason: str = "", timeout: float = 10.0) -> BotClosed:
-        """Close handshake; returns the receiver's answer (1006 if it never came)."""
-        self.conn.close(code, reason)
-        with contextlib.suppress(OSError):
-            await self._flush()
-        try:
-            while True:
-                event = await self.next_event(timeout)
-                if isinstance(event, BotClosed):
-                    return event
-        except TimeoutError:
-            return BotClosed(1006, "no close frame from the receiver")
-        finally:
-            self.abort()
 
     def abort(self) -> None:
         """Drop the TCP connection at once (a bot that vanishes)."""
