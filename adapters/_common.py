@@ -176,7 +176,7 @@ class ServerOptions:
     #: hooks) do not hold up the other streams.
     handler_threads: int = 64
     #: Bytes asked of the socket per read.
-    read_size: int = 256 * 1024
+    read_size: int = 1024 * 1024
     #: Answers ``http_paths`` requests; without it they get 404.
     http_handler: HTTPHandler | None = None
     #: Called with every event of every connection (metrics, logs): on the event loop, or in

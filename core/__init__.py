@@ -42,6 +42,7 @@ from ._fmp4 import (
     TrackInfo,
     TrackRun,
 )
+from ._mask import unmask_backend
 from ._server import (
     ConnectionState,
     Reject,
@@ -96,4 +97,5 @@ __all__ = [
     "__version__",
     "parse_ws_url",
     "route_request",
+    "unmask_backend",
 ]

@@ -24,7 +24,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BACKENDS", "Unmask", "best", "numpy_unmask", "unmask_python"]
+__all__ = ["BACKENDS", "Unmask", "best", "numpy_unmask", "unmask_backend", "unmask_python"]
 
 #: ``unmask(buf, start, stop, key) -> bytes``: see the module docstring.
 Unmask = Callable[[bytes, int, int, bytes], bytes]
@@ -100,3 +100,13 @@ def best() -> tuple[str, Unmask]:
             BACKENDS["numpy"] = fast
             _chosen.append(("numpy", fast))
     return _chosen[0]
+
+
+def unmask_backend() -> str:
+    """The unmasker this process uses for binary payloads: ``"numpy"`` or ``"python"``.
+
+    Calling it loads numpy now, if it is installed, instead of on the first connection: servers
+    call it at start-up, so that the import (tens of milliseconds, and the thread pool numpy's
+    BLAS starts) never lands in the middle of a stream.
+    """
+    return best()[0]
