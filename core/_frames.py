@@ -55,7 +55,7 @@ from wsproto.connection import ConnectionState as WSState
 from wsproto.frame_protocol import FrameDecoder, FrameProtocol, MessageDecoder, Opcode
 
 from . import _mask
-from ._mask import Unmask
+from ._mask import Unmask, UnmaskRun
 
 __all__ = ["MODE", "WSPROTO_TESTED", "FastLane", "fast_lane", "wsproto_mismatch"]
 
@@ -99,11 +99,14 @@ def wsproto_mismatch(ws: Connection, version: str = wsproto.__version__) -> str 
     return None
 
 
-def fast_lane(ws: Connection, mode: str | None = None) -> FastLane | None:
+def fast_lane(
+    ws: Connection, mode: str | None = None, *, run_limit: int | None = None
+) -> FastLane | None:
     """A :class:`FastLane` for a fresh wsproto server connection, or ``None`` for the stock path.
 
     ``mode`` defaults to :data:`MODE`. A wsproto that does not match what the lane was written
-    against is reported with a ``RuntimeWarning`` and gets the stock path.
+    against is reported with a ``RuntimeWarning`` and gets the stock path. ``run_limit`` is
+    :attr:`FastLane.run_limit`.
     """
     mode = MODE if mode is None else mode
     if mode == "off":
@@ -117,12 +120,11 @@ def fast_lane(ws: Connection, mode: str | None = None) -> FastLane | None:
         )
         return None
     if mode == "auto":
-        unmask = _mask.best()[1]
-    else:
-        if mode == "numpy":
-            _mask.best()  # registers numpy's unmasker where numpy imports
-        unmask = _mask.BACKENDS[mode]  # KeyError: no such backend here
-    return FastLane(ws, unmask)
+        mode = _mask.best()[0]
+    elif mode == "numpy":
+        _mask.best()  # registers numpy's unmaskers where numpy imports
+    unmask = _mask.BACKENDS[mode]  # KeyError: no such backend here
+    return FastLane(ws, unmask, _mask.RUN_BACKENDS[mode], run_limit=run_limit)
 
 
 class FastLane:
@@ -133,7 +135,11 @@ class FastLane:
     must drain at every ``None``, handle the events in order, and stop iterating once wsproto
     closes. Set :attr:`discard` to drop our payloads unread (they are then not unmasked).
     With each payload, :attr:`message_ended` says whether it ends its message (an empty final
-    frame yields ``b""`` for that).
+    frame yields ``b""`` for that), and :attr:`whole_messages` whether it is a *run*: the
+    payloads of one or more whole messages (single final ``BINARY`` frames, each at most
+    :attr:`run_limit` bytes) that arrived back to back in this read, joined and unmasked into
+    one buffer (a bot sends whole messages: at 4 KiB a message, a 1 MiB read is one payload
+    instead of 256).
     """
 
     __slots__ = (
@@ -145,15 +151,31 @@ class FastLane:
         "_left",
         "_messages",
         "_unmask",
+        "_unmask_run",
         "_ws",
         "discard",
         "message_ended",
+        "run_limit",
+        "whole_messages",
     )
 
-    def __init__(self, ws: Connection, unmask: Unmask) -> None:
+    def __init__(
+        self,
+        ws: Connection,
+        unmask: Unmask,
+        unmask_run: UnmaskRun | None = None,
+        *,
+        run_limit: int | None = None,
+    ) -> None:
         self._ws = ws
         self._messages: MessageDecoder = ws._proto._message_decoder
         self._unmask = unmask
+        self._unmask_run = unmask_run
+        #: Messages longer than this are never joined into a run (the caller's message size
+        #: limit: each message of a run is then known to be within it). ``None``: no limit.
+        self.run_limit = run_limit
+        #: Whether the payload just yielded is a run of whole messages (see the class).
+        self.whole_messages = False
         #: When true, payloads of our frames are consumed and dropped, not unmasked.
         self.discard = False
         #: Whether the payload just yielded ends its binary message (as wsproto's
@@ -247,6 +269,20 @@ class FastLane:
                 if length < 0 or avail < hlen:
                     self._head = buf[at:]  # wait for the rest of the header
                     break
+                if (
+                    not head
+                    and buf[at] == 0x82
+                    and pos + hlen + length <= size
+                    and self._unmask_run is not None
+                    and (self.run_limit is None or length <= self.run_limit)
+                ):
+                    # A whole final BINARY frame in this read: ours, with the ones after it.
+                    pos, payload = self._run(data, pos, size)
+                    if payload is not None:
+                        self.message_ended = self.whole_messages = True
+                        yield payload
+                        self.whole_messages = False
+                    continue
                 key = buf[at + hlen - 4 : at + hlen]
                 pos += hlen - len(head)
                 self._head = b""
@@ -280,3 +316,48 @@ class FastLane:
             break
         if fed:
             yield None
+
+    def _run(self, data: bytes, pos: int, size: int) -> tuple[int, bytes | None]:
+        """Read the whole final ``BINARY`` frames from ``pos`` on (the first one is known to
+        be one), until a frame that is not, or is not all in ``data``; return where it starts
+        and the frames' payloads joined and unmasked (``None`` when :attr:`discard` is set or
+        they are all empty). The message in flight stays ``None`` throughout."""
+        segments: list[tuple[int, int, bytes]] = []
+        total = 0
+        limit = self.run_limit
+        while pos + 6 <= size and data[pos] == 0x82:
+            code = data[pos + 1]
+            if code < 0xFE:  # masked, 7-bit length
+                if code < 0x80:
+                    break
+                length = code & 0x7F
+                hlen = 6
+            elif code == 0xFE:  # masked, 16-bit length (minimal: >= 126)
+                if pos + 8 > size:
+                    break
+                length = data[pos + 2] << 8 | data[pos + 3]
+                if length < 126:
+                    break
+                hlen = 8
+            else:  # masked, 64-bit length (minimal: >= 2**16, below 2**63)
+                if pos + 14 > size:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                if length < 0x10000 or length >> 63:
+                    break
+                hlen = 14
+            start = pos + hlen
+            stop = start + length
+            if stop > size or (limit is not None and length > limit):
+                break
+            if length:
+                segments.append((start, stop, data[start - 4 : start]))
+                total += length
+            pos = stop
+        if not total or self.discard:
+            return pos, None
+        assert self._unmask_run is not None
+        if len(segments) == 1:
+            start, stop, key = segments[0]
+            return pos, self._unmask(data, start, stop, key)
+        return pos, self._unmask_run(data, segments, total)

@@ -12,10 +12,14 @@ receiver, so there are two implementations with one contract, and :func:`best` p
 
 The contract: ``unmask(buf, start, stop, key) -> bytes`` returns ``buf[start:stop]`` XORed with
 ``key`` repeated from its first byte, as a new ``bytes``; the caller rotates ``key`` when a
-frame's payload arrives in pieces. ``buf`` is read in place (no slice of it is made). Copies on
-the way to a :class:`~meetstream_live.MediaChunk`: numpy's XOR writes a new array, which
-``tobytes`` copies once more into the ``bytes`` the chunk holds (both at memory speed, about
-0.03 ns a byte each); the pure-Python path goes through four strided temporaries.
+frame's payload arrives in pieces. Its companion ``unmask_run(buf, segments, total) -> bytes``
+does the same for several ``(start, stop, key)`` segments (whole frames of one read, back to
+back on the wire) and returns their payloads joined, ``total`` bytes long, written into one
+buffer: one result object per read instead of one per frame. ``buf`` is read in place (no
+slice of it is made). Copies on the way to a :class:`~meetstream_live.MediaChunk`: numpy's
+XOR writes a new array, which ``tobytes`` copies once more into the ``bytes`` the chunk holds
+(both at memory speed, about 0.03 ns a byte each); the pure-Python path goes through four
+strided temporaries.
 """
 
 from __future__ import annotations
@@ -24,10 +28,23 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BACKENDS", "Unmask", "best", "numpy_unmask", "unmask_backend", "unmask_python"]
+__all__ = [
+    "BACKENDS",
+    "RUN_BACKENDS",
+    "Unmask",
+    "UnmaskRun",
+    "best",
+    "numpy_unmask",
+    "numpy_unmaskers",
+    "unmask_backend",
+    "unmask_python",
+    "unmask_run_python",
+]
 
 #: ``unmask(buf, start, stop, key) -> bytes``: see the module docstring.
 Unmask = Callable[[bytes, int, int, bytes], bytes]
+#: ``unmask_run(buf, segments, total) -> bytes``: see the module docstring.
+UnmaskRun = Callable[[bytes, "list[tuple[int, int, bytes]]", int], bytes]
 
 _XOR_TABLES = [bytes(a ^ b for a in range(256)) for b in range(256)]
 
@@ -43,6 +60,11 @@ def unmask_python(buf: bytes, start: int, stop: int, key: bytes) -> bytes:
     return bytes(out)
 
 
+def unmask_run_python(buf: bytes, segments: list[tuple[int, int, bytes]], total: int) -> bytes:
+    """The pure-Python :data:`UnmaskRun`: each segment unmasked, then joined."""
+    return b"".join([unmask_python(buf, start, stop, key) for start, stop, key in segments])
+
+
 #: Below this many bytes numpy's call overhead costs more than it saves.
 NUMPY_MIN_SIZE = 512
 
@@ -52,6 +74,12 @@ def numpy_unmask() -> Unmask | None:
 
     numpy is imported here, lazily, so that importing meetstream_live never loads it.
     """
+    pair = numpy_unmaskers()
+    return None if pair is None else pair[0]
+
+
+def numpy_unmaskers() -> tuple[Unmask, UnmaskRun] | None:
+    """numpy's :data:`Unmask` and :data:`UnmaskRun`, or ``None`` without numpy."""
     try:
         np: Any = importlib.import_module("numpy")
     except ImportError:
@@ -78,27 +106,56 @@ def numpy_unmask() -> Unmask | None:
         result = out.tobytes()
         return result
 
-    return unmask_numpy
+    def unmask_run_numpy(buf: bytes, segments: list[tuple[int, int, bytes]], total: int) -> bytes:
+        if total < NUMPY_MIN_SIZE * len(segments):
+            return unmask_run_python(buf, segments, total)
+        out = empty(total, u8)
+        at = 0
+        for start, stop, key in segments:
+            size = stop - start
+            body = size & ~7
+            key8 = key + key
+            if body:
+                xor(
+                    frombuffer(buf, u64, body >> 3, start),
+                    frombuffer(key8, u64),
+                    out=out[at : at + body].view(u64),
+                )
+            if body != size:
+                tail = size - body
+                xor(
+                    frombuffer(buf, u8, tail, start + body),
+                    frombuffer(key8, u8, tail),
+                    out=out[at + body : at + size],
+                )
+            at += size
+        result: bytes = out.tobytes()
+        return result
+
+    return unmask_numpy, unmask_run_numpy
 
 
 #: The unmaskers by name; ``"numpy"`` is added by :func:`best` where numpy imports.
 BACKENDS: dict[str, Unmask] = {"python": unmask_python}
+#: The :data:`UnmaskRun` of each backend in :data:`BACKENDS`, by the same name.
+RUN_BACKENDS: dict[str, UnmaskRun] = {"python": unmask_run_python}
 
 _chosen: list[tuple[str, Unmask]] = []
 
 
 def best() -> tuple[str, Unmask]:
-    """The fastest unmasker available here, and its name: numpy when importable, else Python.
+    """The fastest unmasker available here, and its name: numpy when importable, else Python
+    (:data:`RUN_BACKENDS` has its run companion under the same name).
 
     Decided once per process (a failed import is not retried on every connection).
     """
     if not _chosen:
-        fast = numpy_unmask()
+        fast = numpy_unmaskers()
         if fast is None:
             _chosen.append(("python", unmask_python))
         else:
-            BACKENDS["numpy"] = fast
-            _chosen.append(("numpy", fast))
+            BACKENDS["numpy"], RUN_BACKENDS["numpy"] = fast
+            _chosen.append(("numpy", fast[0]))
     return _chosen[0]
 
 

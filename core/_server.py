@@ -395,7 +395,7 @@ class ServerConnection:
         ws = handshake.connection
         assert ws is not None
         self._ws = ws
-        self._lane = fast_lane(ws)
+        self._lane = fast_lane(ws, run_limit=self.config.max_message_size)
         self.state = ConnectionState.OPEN
         events: list[Event] = [Accepted(path, query, headers)]
         trailing, _closed = self._h11.trailing_data
@@ -424,7 +424,10 @@ class ServerConnection:
                 if self._drain(ws, events, now_ms):
                     break
                 continue
-            events += session.receive_binary(payload, finished=lane.message_ended)
+            if lane.whole_messages:
+                events += session.receive_whole_messages(payload)
+            else:
+                events += session.receive_binary(payload, finished=lane.message_ended)
             if session.close_request is not None:
                 self._close_requested(now_ms)
         return events

@@ -40,6 +40,7 @@ from wsproto.extensions import PerMessageDeflate
 
 from meetstream_live import (
     ConnectionState,
+    Event,
     MediaChunk,
     ServerConfig,
     ServerConnection,
@@ -218,8 +219,24 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
+def joined(events: list[Event]) -> list[Event]:
+    """``events`` with each series of adjacent :class:`MediaChunk` made one: the fast lane
+    delivers the whole messages of a read as one chunk where wsproto gives one per message
+    (a chunk is bytes of the stream, not a message)."""
+    out: list[Event] = []
+    for event in events:
+        last = out[-1] if out else None
+        if isinstance(event, MediaChunk) and isinstance(last, MediaChunk):
+            assert event.offset == last.offset + len(last.data)
+            out[-1] = MediaChunk(last.data + event.data, last.offset)
+        else:
+            out.append(event)
+    return out
+
+
 def run(mode: str, scenario: dict[str, Any]) -> list[Any]:
-    """Everything observable, read after read: events, bytes out, connection and session state."""
+    """Everything observable, read after read: events (adjacent chunks joined), bytes out,
+    connection and session state."""
     with lane_mode(mode):
         conn = ServerConnection(scenario["config"], now_ms=NOW)
         seen: list[Any] = []
@@ -229,7 +246,7 @@ def run(mode: str, scenario: dict[str, Any]) -> list[Any]:
         for i, data in enumerate(reads):
             if i == scenario["close_after"]:
                 seen.append(conn.close(1001, "bye", now_ms=NOW))
-            events = conn.receive_data(data, NOW)
+            events = joined(conn.receive_data(data, NOW))
             seen.append((events, conn.data_to_send(), conn.state, conn.session_state))
         seen.append("on" if conn._lane is not None else "off")
     return seen
@@ -378,6 +395,85 @@ def test_every_unmasker_xors_any_slice_with_the_key(
         assert result == expected
 
 
+def run_unmaskers() -> list[_mask.UnmaskRun]:
+    found = [_mask.unmask_run_python]
+    pair = _mask.numpy_unmaskers()
+    if pair is not None:
+        found.append(pair[1])
+    return found
+
+
+@relaxed
+@given(
+    st.lists(
+        st.tuples(
+            st.binary(max_size=3),  # what lies between payloads (frame headers on the wire)
+            st.binary(max_size=20) | st.integers(500, 1500).map(pattern),
+            keys,
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_every_run_unmasker_joins_the_unmasked_segments(
+    parts: list[tuple[bytes, bytes, bytes]],
+) -> None:
+    buf = b""
+    segments = []
+    for gap, data, key in parts:
+        buf += gap
+        segments.append((len(buf), len(buf) + len(data), key))
+        buf += data
+    buf += b"after"
+    expected = b"".join(reference_unmask(data, key) for _, data, key in parts)
+    for unmask_run in run_unmaskers():
+        result = unmask_run(buf, segments, len(expected))
+        assert type(result) is bytes
+        assert result == expected
+
+
+@pytest.mark.parametrize("mode", FAST_MODES)
+@pytest.mark.parametrize("size", [1, 125, 4096, 65536])
+def test_whole_messages_of_one_read_come_out_as_one_chunk(mode: str, size: int) -> None:
+    media = [pattern(size)[i:] + bytes([i]) for i in range(40)]
+    wire = upgrade_request() + START + b"".join(frame(BINARY, m) for m in media)
+    with lane_mode(mode):
+        conn = ServerConnection(now_ms=NOW)
+        events = conn.receive_data(wire, NOW)
+    assert conn._lane is not None
+    chunks = [event for event in events if isinstance(event, MediaChunk)]
+    assert chunks == [MediaChunk(b"".join(media), 0)]
+
+
+@pytest.mark.parametrize("mode", FAST_MODES)
+def test_a_run_stops_at_the_message_limit_at_a_cut_frame_and_at_a_fragment(mode: str) -> None:
+    """What is not a whole final BINARY frame within the limit, all in this read, ends the run
+    and takes the frame-by-frame way (which cuts oversize messages at the limit)."""
+    small = [pattern(40)[:40 - i] for i in range(3)]
+    big = pattern(100)
+    split = pattern(50)
+    wire = upgrade_request() + START
+    wire += b"".join(frame(BINARY, m) for m in small)
+    wire += frame(BINARY, split[:10], fin=False) + frame(CONT, split[10:])  # a fragmented one
+    wire += b"".join(frame(BINARY, m) for m in small)
+    wire += frame(BINARY, big)  # over the limit: 1009, what fits is delivered
+    config = ServerConfig(max_message_size=60)
+    cut = len(wire) - 30  # the last frame arrives in two reads
+    with lane_mode(mode):
+        conn = ServerConnection(config, now_ms=NOW)
+        events = conn.receive_data(wire[:cut], NOW) + conn.receive_data(wire[cut:], NOW)
+    with lane_mode("off"):
+        ref = ServerConnection(config, now_ms=NOW)
+        expected = ref.receive_data(wire[:cut], NOW) + ref.receive_data(wire[cut:], NOW)
+    chunks = [event.data for event in events if isinstance(event, MediaChunk)]
+    assert chunks[0] == b"".join(small)  # the first run: one chunk
+    assert joined(events) == joined(expected)
+    assert conn.data_to_send() == ref.data_to_send()
+    assert len(chunks) >= 4 and chunks[-2] == b"".join(small)  # the second run
+    stream = b"".join(small) + split + b"".join(small) + big[:60]  # the rest refused: 1009
+    assert b"".join(chunks) == stream
+
+
 @needs_numpy
 def test_numpy_unmasks_every_tail_length_and_alignment() -> None:
     unmask = _mask.numpy_unmask()
@@ -393,6 +489,7 @@ def test_without_numpy_the_python_unmasker_is_chosen(monkeypatch: pytest.MonkeyP
     monkeypatch.setitem(sys.modules, "numpy", None)  # import numpy -> ImportError
     monkeypatch.setattr(_mask, "_chosen", [])
     monkeypatch.setattr(_mask, "BACKENDS", {"python": _mask.unmask_python})
+    monkeypatch.setattr(_mask, "RUN_BACKENDS", {"python": _mask.unmask_run_python})
     assert _mask.numpy_unmask() is None
     assert _mask.best() == ("python", _mask.unmask_python)
     assert _mask.best() == ("python", _mask.unmask_python)  # decided once
@@ -404,7 +501,9 @@ def test_without_numpy_the_python_unmasker_is_chosen(monkeypatch: pytest.MonkeyP
 def test_with_numpy_the_numpy_unmasker_is_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_mask, "_chosen", [])
     monkeypatch.setattr(_mask, "BACKENDS", {"python": _mask.unmask_python})
+    monkeypatch.setattr(_mask, "RUN_BACKENDS", {"python": _mask.unmask_run_python})
     name, unmask = _mask.best()
+    assert "numpy" in _mask.RUN_BACKENDS
     assert name == "numpy"
     assert _mask.BACKENDS["numpy"] is unmask
     lane = _frames.fast_lane(fresh_ws(), "numpy")

@@ -206,7 +206,9 @@ class AdversarialBot(RuleBasedStateMachine):
         self.over = True
         self.closing_code = 1009
 
-    @precondition(lambda self: self.open)
+    # Not inside a fragmented binary message: there a CONTINUATION is no error, and a TEXT
+    # frame is 1002 (a new message inside one), not 1007.
+    @precondition(lambda self: self.open and not self.partial)
     @rule(index=st.integers(0, len(PROTOCOL_ERRORS) - 1))
     def protocol_error(self, index: int) -> None:
         raw, code = PROTOCOL_ERRORS[index]
