@@ -433,16 +433,22 @@ def test_every_run_unmasker_joins_the_unmasked_segments(
 
 
 @pytest.mark.parametrize("mode", FAST_MODES)
-@pytest.mark.parametrize("size", [1, 125, 4096, 65536])
-def test_whole_messages_of_one_read_come_out_as_one_chunk(mode: str, size: int) -> None:
-    media = [pattern(size)[i:] + bytes([i]) for i in range(40)]
+@pytest.mark.parametrize("size", [1, 125, 4096, 65536, 100_000])
+def test_whole_messages_of_one_read_come_out_joined_up_to_the_run_bound(
+    mode: str, size: int
+) -> None:
+    media = [bytes([i]) * size for i in range(40)]
     wire = upgrade_request() + START + b"".join(frame(BINARY, m) for m in media)
     with lane_mode(mode):
         conn = ServerConnection(now_ms=NOW)
         events = conn.receive_data(wire, NOW)
     assert conn._lane is not None
-    chunks = [event for event in events if isinstance(event, MediaChunk)]
-    assert chunks == [MediaChunk(b"".join(media), 0)]
+    chunks = [event.data for event in events if isinstance(event, MediaChunk)]
+    assert b"".join(chunks) == b"".join(media)
+    per_run = max(1, _frames.RUN_BYTES // size)  # a bigger message is a run alone
+    assert [len(c) for c in chunks] == [
+        size * len(media[i : i + per_run]) for i in range(0, len(media), per_run)
+    ]
 
 
 @pytest.mark.parametrize("mode", FAST_MODES)
