@@ -432,6 +432,32 @@ def test_every_run_unmasker_joins_the_unmasked_segments(
         assert result == expected
 
 
+#: (gap before, payload size) of each segment: runs of one size evenly spaced (one XOR for the
+#: group in numpy), broken by a size, a spacing or an odd length.
+LAYOUTS = [
+    [(6, 4096)] * 16,
+    [(8, 1024)] * 5 + [(8, 1000)] + [(8, 1024)] * 3,
+    [(6, 512)] * 3 + [(7, 512)] * 3 + [(6, 512)],
+    [(6, 520)] * 2 + [(6, 523)] * 2 + [(14, 65536)] * 2,
+]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_run_unmaskers_on_groups_of_even_frames(layout: list[tuple[int, int]]) -> None:
+    buf = b""
+    segments = []
+    expected = b""
+    for i, (gap, size) in enumerate(layout):
+        buf += bytes(gap)
+        key = bytes([i, 255 - i, 7 * i % 256, 0x5A])
+        data = pattern(size)[i:] + pattern(i)
+        segments.append((len(buf), len(buf) + size, key))
+        buf += data
+        expected += reference_unmask(data, key)
+    for unmask_run in run_unmaskers():
+        assert unmask_run(buf + b"after", segments, len(expected)) == expected
+
+
 @pytest.mark.parametrize("mode", FAST_MODES)
 @pytest.mark.parametrize("size", [1, 125, 4096, 65536, 100_000])
 def test_whole_messages_of_one_read_come_out_joined_up_to_the_run_bound(
