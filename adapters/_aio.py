@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 from meetstream_live import Disconnected, Event
 
-from ._common import Handler, deliver, media_size
+from ._common import INLINE_BACKOFF, INLINE_STALL, Handler, InlineOffer, deliver, media_size
 
-__all__ = ["HandlerRunner", "ThreadedDelivery", "handler_pool"]
+__all__ = ["INLINE_BACKOFF", "INLINE_STALL", "HandlerRunner", "ThreadedDelivery", "handler_pool"]
 
 
 def handler_pool(threads: int) -> ThreadPoolExecutor:
@@ -88,12 +87,6 @@ class HandlerRunner:
             await asyncio.shield(self._task)
 
 
-#: An inline handler call (on the loop) longer than this, in seconds, sends the connection's
-#: next batches to the threads for :data:`INLINE_BACKOFF` seconds.
-INLINE_STALL = 0.005
-INLINE_BACKOFF = 2.0
-
-
 class ThreadedDelivery:
     """Hands one connection's events to its handler, in order, with no task and no future
     per batch: on the loop when nothing is queued and the handler says it can take the batch
@@ -133,7 +126,7 @@ class ThreadedDelivery:
         self._lock = threading.Lock()
         self._running = False
         self._drained: asyncio.Future[None] | None = None
-        self._threads_until = 0.0  # no inline delivery before (time.monotonic())
+        self._inline = InlineOffer(handler)
 
     def submit(self, events: list[Event], size: int) -> bool:
         """Queue a batch; True if the reader must pause (more than ``limit`` is pending)."""
@@ -157,21 +150,15 @@ class ThreadedDelivery:
     def _try_inline(self, events: list[Event]) -> bool:
         """Nothing else of this connection is queued or running: the handler may take this
         batch here, on the loop (:meth:`Handler.dispatch_inline`), if it says it can without
-        blocking. A call that took long all the same (a write stalled by the kernel's dirty
-        page throttling, say) sends the next batches to the threads for a while."""
+        blocking (:class:`InlineOffer`, with its stall backoff). An error there is a handler
+        error, reported on the loop's next turn (we are inside the reader's step)."""
         if self.error is not None:
             return False
-        now = time.monotonic()
-        if now < self._threads_until:
-            return False
-        try:
-            done = self.handler.dispatch_inline(events)
-        except Exception as exc:
-            self.error = exc
-            self.loop.call_soon(self._on_error, exc)
+        done = self._inline.offer(events)
+        if isinstance(done, Exception):
+            self.error = done
+            self.loop.call_soon(self._on_error, done)
             return True
-        if done and time.monotonic() - now > INLINE_STALL:
-            self._threads_until = now + INLINE_BACKOFF
         return done
 
     def _drain(self) -> None:

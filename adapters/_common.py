@@ -35,9 +35,14 @@ from meetstream_live import (
     StreamEnded,
     StreamStarted,
     WebSocketURL,
+    unmask_backend,
 )
 
 __all__ = [
+    "INLINE_BACKOFF",
+    "INLINE_STALL",
+    "READ_SIZE_SHRINK_AFTER",
+    "READ_SIZE_START",
     "AsyncBotSends",
     "ConnectionDriver",
     "ConnectionInfo",
@@ -46,6 +51,8 @@ __all__ = [
     "Handler",
     "HandlerFactory",
     "HandshakeFailed",
+    "InlineOffer",
+    "ReadSizer",
     "ServerOptions",
     "Step",
     "client_tls",
@@ -54,6 +61,7 @@ __all__ = [
     "media_size",
     "now_ms",
     "observe",
+    "warm_up",
 ]
 
 log = logging.getLogger("meetstream_live")
@@ -117,9 +125,9 @@ class Handler:
         """The connection is over (always the last call)."""
 
     def dispatch_inline(self, events: list[Event]) -> bool:
-        """Offered each batch, on the event loop, by the asyncio adapter when nothing of this
-        connection waits for a handler thread: handle ``events`` now and return True, or
-        return False (the default) to have them delivered in a handler thread as usual.
+        """Offered each batch, on the event loop, by the asyncio and trio adapters when nothing
+        of this connection waits for a handler thread: handle ``events`` now and return True,
+        or return False (the default) to have them delivered in a handler thread as usual.
 
         Only for work that cannot block (no fsync, no network, no lock another thread may
         hold for long): it saves a thread hop per read. An exception here is a handler error,
@@ -175,7 +183,12 @@ class ServerOptions:
     #: connection uses one at a time. Enough that blocking handlers (fsync at a stream's end,
     #: hooks) do not hold up the other streams.
     handler_threads: int = 64
-    #: Bytes asked of the socket per read.
+    #: The most bytes asked of the socket in one read. Each connection starts at
+    #: :data:`READ_SIZE_START` (64 KiB, or this if smaller), doubles the size while reads come
+    #: back full (a bot sending flat out) up to this, and halves it again (not below the start)
+    #: when reads stay under a quarter of it: big buffers only for the streams that fill them
+    #: (:class:`ReadSizer`). Used by the sync and trio adapters and by asyncio's own event loop
+    #: without TLS (uvloop's transports and asyncio's TLS transport size their reads themselves).
     read_size: int = 1024 * 1024
     #: Answers ``http_paths`` requests; without it they get 404.
     http_handler: HTTPHandler | None = None
@@ -183,6 +196,102 @@ class ServerOptions:
     #: the connection's thread with the sync adapter (so: cheap, and thread-safe). Errors in it
     #: are logged, never fatal.
     observer: Callable[[Event], None] | None = None
+
+
+#: The size of a connection's first reads (or ``ServerOptions.read_size``, if smaller).
+READ_SIZE_START = 64 * 1024
+#: Reads in a row that fill less than a quarter of the size asked, after which it is halved.
+READ_SIZE_SHRINK_AFTER = 8
+
+
+class ReadSizer:
+    """How many bytes to ask of one connection's socket per read: :attr:`size`.
+
+    It starts at :data:`READ_SIZE_START` (at most ``maximum``), doubles after a read that
+    came back full (the socket had more: a bot sending flat out), up to ``maximum``
+    (``ServerOptions.read_size``), and halves, down to the start, after
+    :data:`READ_SIZE_SHRINK_AFTER` reads in a row that filled less than a quarter of it. A
+    steady stream read often in small pieces (many bots at a few Mbit/s) so keeps small reads,
+    and one bot flat out gets big ones within a few reads. Pure logic: call :meth:`update`
+    with each read's length (an adapter changes its read size only when it returns True).
+    """
+
+    __slots__ = ("_floor", "_maximum", "_small", "size")
+
+    def __init__(self, maximum: int) -> None:
+        if maximum <= 0:
+            raise ValueError(f"read size must be positive: {maximum}")
+        self._maximum = maximum
+        self._floor = min(READ_SIZE_START, maximum)
+        self._small = 0  # reads in a row under a quarter of the size
+        #: Bytes to ask for in the next read.
+        self.size = self._floor
+
+    def update(self, received: int) -> bool:
+        """Account for a read that returned ``received`` bytes; True if :attr:`size` changed."""
+        size = self.size
+        if received >= size:
+            self._small = 0
+            if size < self._maximum:
+                self.size = min(size * 2, self._maximum)
+                return True
+            return False
+        if received * 4 >= size or size <= self._floor:
+            self._small = 0
+            return False
+        self._small += 1
+        if self._small < READ_SIZE_SHRINK_AFTER:
+            return False
+        self._small = 0
+        self.size = max(size // 2, self._floor)
+        return True
+
+
+#: An inline handler call (:meth:`Handler.dispatch_inline`) longer than this, in seconds, sends
+#: the connection's next batches to the threads for :data:`INLINE_BACKOFF` seconds.
+INLINE_STALL = 0.005
+INLINE_BACKOFF = 2.0
+
+
+class InlineOffer:
+    """The inline decision of the asyncio and trio adapters for one connection: offer a batch
+    to :meth:`Handler.dispatch_inline`, on the event loop, unless a recent inline call
+    stalled the loop.
+
+    The caller offers only when nothing of the connection is queued for or running in a
+    handler thread (so the order holds) and the handler has not failed. A call that took
+    longer than :data:`INLINE_STALL` all the same (a write stalled by the kernel's dirty page
+    throttling, say) sends the next batches to the threads for :data:`INLINE_BACKOFF`.
+    """
+
+    __slots__ = ("_threads_until", "handler")
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self._threads_until = 0.0  # no inline delivery before (time.monotonic())
+
+    def offer(self, events: list[Event]) -> bool | Exception:
+        """True: the handler took ``events``. False: deliver them in a thread. An exception:
+        ``dispatch_inline`` raised it (the batch is consumed): a handler error, for the
+        caller to close the connection with 1011."""
+        now = time.monotonic()
+        if now < self._threads_until:
+            return False
+        try:
+            done = self.handler.dispatch_inline(events)
+        except Exception as exc:
+            return exc
+        if done and time.monotonic() - now > INLINE_STALL:
+            self._threads_until = now + INLINE_BACKOFF
+        return done
+
+
+def warm_up(adapter: str) -> str:
+    """At a server's start: load the core's unmasker now (numpy, if installed), not in the
+    middle of the first stream, and log which one it is (debug level). Returns its name."""
+    backend = unmask_backend()
+    log.debug("%s server: unmasking with %s", adapter, backend)
+    return backend
 
 
 class Step(NamedTuple):

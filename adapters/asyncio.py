@@ -7,7 +7,8 @@ per connection, in order), or on the loop for the batches it says it takes witho
 (``Handler.dispatch_inline``: the recorder's media); the transport stops reading
 (``pause_reading``) while more than ``max_pending_bytes`` of media wait for the handler or
 while the bot does not take what we write; the core's deadlines are timers on the loop
-(``call_at``).
+(``call_at``). On a selector loop, the transport's read size follows the bot's pace
+(:class:`ReadSizer`: 64 KiB, up to ``read_size`` while reads come back full).
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ from ._common import (
     AsyncBotSends,
     ConnectionDriver,
     HandlerFactory,
+    ReadSizer,
     ServerOptions,
     Step,
     client_tls,
     handshake_outcome,
     log,
     now_ms,
+    warm_up,
 )
 
 __all__ = ["AsyncioBot", "AsyncioServer", "run", "serve"]
@@ -69,6 +72,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.driver: ConnectionDriver | None = None
         self.runner: ThreadedDelivery | None = None
+        #: The bytes asked per recv() (selector transports; None where the size is not ours).
+        self.sizer: ReadSizer | None = None
         self.done: asyncio.Future[None] = self.loop.create_future()
         self._lost: asyncio.Future[None] = self.loop.create_future()
         self._ending = False
@@ -88,7 +93,8 @@ class _Connection(asyncio.Protocol):
             return
         options = server.options
         if hasattr(transport, "max_size"):  # selector transports: bytes asked per recv()
-            transport.max_size = options.read_size
+            self.sizer = ReadSizer(options.read_size)
+            transport.max_size = self.sizer.size
         self.driver = ConnectionDriver(
             options,
             server.factory,
@@ -100,6 +106,9 @@ class _Connection(asyncio.Protocol):
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        sizer = self.sizer
+        if sizer is not None and sizer.update(len(data)):
+            cast(Any, self.transport).max_size = sizer.size
         driver = self.driver
         if driver is None or driver.closed:
             return
@@ -305,6 +314,7 @@ class AsyncioServer:
     async def start(self, host: str | None = "127.0.0.1", port: int = 9876, **kwargs: Any) -> None:
         """Bind and start accepting (``port=0`` picks a free port; see :attr:`port`). Extra
         keyword arguments go to ``loop.create_server`` (e.g. ``reuse_port=True``)."""
+        warm_up("asyncio")
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _Connection(self), host, port, ssl=self.options.ssl, **kwargs

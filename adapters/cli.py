@@ -28,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
 
-from meetstream_live import ServerConfig, __version__, parse_ws_url
+from meetstream_live import ServerConfig, __version__, parse_ws_url, unmask_backend
 
 from ._common import HandlerFactory, ServerOptions
 from .diskguard import DiskGuard, apply_retention
@@ -302,8 +302,9 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         def ready(port: int) -> None:
             shown = f"[{host}]" if ":" in host else host
             log.info(
-                "listening on %s://%s:%d%s (adapter %s, recording to %s%s%s)",
-                scheme, shown, port, args.path or "/", args.adapter, output.resolve(),
+                "listening on %s://%s:%d%s (adapter %s, unmasking with %s, recording to %s%s%s)",
+                scheme, shown, port, args.path or "/", args.adapter, unmask_backend(),
+                output.resolve(),
                 ", token required" if token else "",
                 f", worker {worker}/{args.workers} pid {os.getpid()}" if worker else "",
             )
@@ -806,6 +807,11 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script; returns the exit status."""
     environ = os.environ
+    # numpy (the core's unmasker, when installed) starts OpenBLAS's thread pool as it loads:
+    # a thread per core, spinning for a moment. We never use BLAS; on a small machine those
+    # threads only compete with the event loop. Set here, before anything imports numpy, and
+    # only as a default: a value the user set wins.
+    environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         parser = build_parser(environ)
         args = parser.parse_args(argv)

@@ -1222,8 +1222,8 @@ class RecordingHandler(Handler):
                 metrics.errors.inc(label="disk" if isinstance(exc, OSError) else "handler")
             raise
 
-    #: Media and pings of a stream in full flow may be recorded on the event loop (asyncio
-    #: adapter): they only append to a buffer and write it to the page cache. Whatever may
+    #: Media and pings of a stream in full flow may be recorded on the event loop (asyncio and
+    #: trio adapters): they only append to a buffer and write it to the page cache. Whatever may
     #: sync or create files (a start, an end, a rotation due, a reconnect being decided) still
     #: goes to a handler thread. False: always in a thread.
     write_on_loop = True

@@ -36,6 +36,7 @@ from ._common import (
     GOING_AWAY,
     ConnectionDriver,
     HandlerFactory,
+    ReadSizer,
     ServerOptions,
     Step,
     client_tls,
@@ -43,6 +44,7 @@ from ._common import (
     handshake_outcome,
     log,
     now_ms,
+    warm_up,
 )
 
 __all__ = ["SyncBot", "SyncServer", "run", "serve"]
@@ -85,6 +87,7 @@ class _Connection:
         self._wake_w: socket.socket | None = None
         self._wake_tried = False
         self._broken = False  # a write failed: the connection is lost
+        self._sizer = ReadSizer(self.options.read_size)  # bytes asked per recv()
 
     # ------------------------------------------------------------------ thread body
 
@@ -194,8 +197,9 @@ class _Connection:
                 return None  # the loop sends the close
             if woken is _Wake.TIMEOUT:
                 return driver.timeout()  # a no-op when the deadline is not quite due
+        sizer = self._sizer
         try:
-            data = sock.recv(self.options.read_size)
+            data = sock.recv(sizer.size)
         except (BlockingIOError, InterruptedError, ssl_module.SSLWantReadError):
             return None  # e.g. half a TLS record so far
         except ssl_module.SSLWantWriteError:
@@ -203,6 +207,7 @@ class _Connection:
             return None
         except OSError:  # reset, TLS error...
             data = b""
+        sizer.update(len(data))
         return driver.receive(data)
 
     def _process(self, driver: ConnectionDriver, step: Step) -> None:
@@ -330,6 +335,7 @@ class SyncServer:
     ) -> None:
         """Bind and listen (``port=0`` picks a free port; see :attr:`port`). ``host=None``
         listens on every interface (IPv6 and IPv4 where the system can)."""
+        warm_up("sync")
         if host is None and socket.has_dualstack_ipv6():
             sock = socket.create_server(
                 ("", port), family=socket.AF_INET6, backlog=backlog, dualstack_ipv6=True

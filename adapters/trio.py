@@ -2,8 +2,11 @@
 bot client.
 
 One task per connection owns its stream and its :class:`ConnectionDriver`. The handler runs in a
-worker thread (``trio.to_thread.run_sync``, one call at a time per connection, in order), and
-the stream is not read while more than ``max_pending_bytes`` of media wait for the handler.
+worker thread (``trio.to_thread.run_sync``, one call at a time per connection, in order), or in
+the connection task for the batches it says it takes without blocking
+(``Handler.dispatch_inline``, as with asyncio: the recorder's media), and the stream is not
+read while more than ``max_pending_bytes`` of media wait for the handler. Reads ask for 64 KiB,
+up to ``read_size`` while they come back full (:class:`ReadSizer`).
 Other tasks never touch a driver: to close a connection (shutdown, a failed handler, the
 handler's ``ConnectionInfo.close``, brought to the trio thread by ``TrioToken.run_sync_soon``)
 they set a flag and cancel the connection's read, and the connection task does the rest.
@@ -34,6 +37,8 @@ from ._common import (
     ConnectionDriver,
     Handler,
     HandlerFactory,
+    InlineOffer,
+    ReadSizer,
     ServerOptions,
     Step,
     client_tls,
@@ -42,6 +47,7 @@ from ._common import (
     log,
     media_size,
     now_ms,
+    warm_up,
 )
 
 __all__ = ["TrioBot", "TrioServer", "run", "serve"]
@@ -68,7 +74,12 @@ def _fail_after(seconds: float | None) -> Iterator[None]:
 
 class _Runner:
     """Calls one connection's handler in a worker thread, in order, and counts the media
-    waiting. Handler calls are shielded: once read, every event reaches the handler."""
+    waiting. Handler calls are shielded: once read, every event reaches the handler.
+
+    When nothing of the connection is queued or running in a thread, a batch is first offered
+    to :meth:`Handler.dispatch_inline`, right here in the trio thread (:class:`InlineOffer`:
+    the asyncio adapter's rule, stall backoff included), which saves a thread hop per read.
+    """
 
     def __init__(
         self,
@@ -87,8 +98,17 @@ class _Runner:
         self._on_error = on_error
         self._batches: deque[list[Event]] = deque()
         self._running = False
+        self._inline = InlineOffer(handler)
 
     def submit(self, events: list[Event]) -> None:
+        if not self._running and self.error is None:  # idle: nothing queued or in a thread
+            done = self._inline.offer(events)
+            if isinstance(done, Exception):  # a handler error: the connection closes (1011)
+                self.error = done
+                self._on_error()
+                return
+            if done:
+                return
         self.pending += media_size(events)
         self._batches.append(events)
         if not self._running:
@@ -140,6 +160,7 @@ class _Connection:
         self._close_request: tuple[int, str] | None = None  # the first request wins
         self._close_sent = False
         self._broken = False
+        self._sizer = ReadSizer(options.read_size)  # bytes asked per read
         self._read_scope = trio.CancelScope()
         self._wakeup = trio.Event()
 
@@ -253,13 +274,15 @@ class _Connection:
         driver = self.driver
         timeout = driver.seconds_to_deadline()
         data: bytes | None = None
+        sizer = self._sizer
         with self._scope(None if timeout is None else max(timeout, _MIN_READ_WAIT)):
             try:
-                received = await self.stream.receive_some(self.options.read_size)
+                received = await self.stream.receive_some(sizer.size)
             except _STREAM_ERRORS:
                 data = b""
             else:
                 data = received if isinstance(received, bytes) else bytes(received)
+                sizer.update(len(data))
         if data is None:
             # The deadline passed (a no-op if not quite due), or another task interrupted us
             # (the loop then does what was asked).
@@ -331,6 +354,7 @@ class TrioServer:
     ) -> None:
         """Bind and listen (``port=0`` picks a free port; see :attr:`port`). Connections wait
         in the backlog until :meth:`serve_forever` runs."""
+        warm_up("trio")
         self._listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
 
     async def serve_forever(self) -> None:
