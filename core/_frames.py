@@ -197,8 +197,14 @@ class FastLane:
         self._key = b""  # our frame's masking key, rotated to the next payload byte
         self._fin = False  # our frame's FIN bit
 
-    def feed(self, data: bytes) -> Iterator[bytes | None]:
-        """Read ``data`` (not EOF: give ``None`` to wsproto directly); see the class docstring."""
+    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[bytes | None]:
+        """Read ``data`` (not EOF: give ``None`` to wsproto directly); see the class docstring.
+
+        ``data`` is read in place and no reference to it is kept once the iteration is over
+        (what is kept is copied: a partial header, a masking key), so the caller may reuse
+        its read buffer. (wsproto's ``receive_data`` is annotated ``bytes`` but appends what
+        it is given to a ``bytearray``: any bytes-like object does.)
+        """
         ws = self._ws
         size = len(data)
         pos = 0
@@ -213,7 +219,7 @@ class FastLane:
                     break
                 self._left = left - (end - pos)
                 if not self._fast:
-                    ws.receive_data(data[pos:end])
+                    ws.receive_data(data[pos:end])  # type: ignore[arg-type]  # see feed
                     fed = True
                     pos = end
                     continue
@@ -233,6 +239,7 @@ class FastLane:
 
             # A frame boundary: sort the frame by its header.
             head = self._head
+            buf: bytes | bytearray | memoryview
             if head:
                 buf = head + data[pos : pos + 14]
                 at = 0
@@ -276,7 +283,7 @@ class FastLane:
 
             if ours:
                 if length < 0 or avail < hlen:
-                    self._head = buf[at:]  # wait for the rest of the header
+                    self._head = bytes(buf[at:])  # wait for the rest of the header
                     break
                 if (
                     not head
@@ -292,7 +299,7 @@ class FastLane:
                         yield payload
                         self.whole_messages = False
                     continue
-                key = buf[at + hlen - 4 : at + hlen]
+                key = bytes(buf[at + hlen - 4 : at + hlen])  # never a view of the caller's buffer
                 pos += hlen - len(head)
                 self._head = b""
                 if length:
@@ -318,15 +325,17 @@ class FastLane:
                 self._head = b""
                 self._head_fed = False
                 continue
-            ws.receive_data(data[pos:])
+            ws.receive_data(data[pos:])  # type: ignore[arg-type]  # see feed
             fed = True
-            self._head = buf[at:]
+            self._head = bytes(buf[at:])
             self._head_fed = True
             break
         if fed:
             yield None
 
-    def _run(self, data: bytes, pos: int, size: int) -> tuple[int, bytes | None]:
+    def _run(
+        self, data: bytes | bytearray | memoryview, pos: int, size: int
+    ) -> tuple[int, bytes | None]:
         """Read the whole final ``BINARY`` frames from ``pos`` on (the first one is known to
         be one), until a frame that is not, or is not all in ``data``; return where it starts
         and the frames' payloads joined and unmasked (``None`` when :attr:`discard` is set or
@@ -362,7 +371,7 @@ class FastLane:
             if length:
                 if segments and total + length > RUN_BYTES:
                     break
-                segments.append((start, stop, data[start - 4 : start]))
+                segments.append((start, stop, bytes(data[start - 4 : start])))
                 total += length
             pos = stop
         if not total or self.discard:

@@ -31,6 +31,7 @@ from typing import Any
 __all__ = [
     "BACKENDS",
     "RUN_BACKENDS",
+    "Buffer",
     "Unmask",
     "UnmaskRun",
     "best",
@@ -41,16 +42,20 @@ __all__ = [
     "unmask_run_python",
 ]
 
+#: What the unmaskers read from: a read's bytes, or the reader's own buffer, read in place.
+Buffer = bytes | bytearray | memoryview
 #: ``unmask(buf, start, stop, key) -> bytes``: see the module docstring.
-Unmask = Callable[[bytes, int, int, bytes], bytes]
+Unmask = Callable[[Buffer, int, int, bytes], bytes]
 #: ``unmask_run(buf, segments, total) -> bytes``: see the module docstring.
-UnmaskRun = Callable[[bytes, "list[tuple[int, int, bytes]]", int], bytes]
+UnmaskRun = Callable[[Buffer, "list[tuple[int, int, bytes]]", int], bytes]
 
 _XOR_TABLES = [bytes(a ^ b for a in range(256)) for b in range(256)]
 
 
-def unmask_python(buf: bytes, start: int, stop: int, key: bytes) -> bytes:
+def unmask_python(buf: Buffer, start: int, stop: int, key: bytes) -> bytes:
     """The pure-Python unmasker: one ``translate`` per lane of the 4-byte key."""
+    if not isinstance(buf, bytes):  # a memoryview has no translate: copy the slice first
+        buf, start, stop = bytes(buf[start:stop]), 0, stop - start
     out = bytearray(stop - start)
     tables = _XOR_TABLES
     out[0::4] = buf[start:stop:4].translate(tables[key[0]])
@@ -60,7 +65,7 @@ def unmask_python(buf: bytes, start: int, stop: int, key: bytes) -> bytes:
     return bytes(out)
 
 
-def unmask_run_python(buf: bytes, segments: list[tuple[int, int, bytes]], total: int) -> bytes:
+def unmask_run_python(buf: Buffer, segments: list[tuple[int, int, bytes]], total: int) -> bytes:
     """The pure-Python :data:`UnmaskRun`: each segment unmasked, then joined."""
     return b"".join([unmask_python(buf, start, stop, key) for start, stop, key in segments])
 
@@ -87,7 +92,7 @@ def numpy_unmaskers() -> tuple[Unmask, UnmaskRun] | None:
     frombuffer, xor, empty, ndarray = np.frombuffer, np.bitwise_xor, np.empty, np.ndarray
     u8, u64 = np.uint8, np.uint64
 
-    def unmask_numpy(buf: bytes, start: int, stop: int, key: bytes) -> bytes:
+    def unmask_numpy(buf: Buffer, start: int, stop: int, key: bytes) -> bytes:
         size = stop - start
         if size < NUMPY_MIN_SIZE:
             return unmask_python(buf, start, stop, key)
@@ -106,7 +111,7 @@ def numpy_unmaskers() -> tuple[Unmask, UnmaskRun] | None:
         result = out.tobytes()
         return result
 
-    def unmask_run_numpy(buf: bytes, segments: list[tuple[int, int, bytes]], total: int) -> bytes:
+    def unmask_run_numpy(buf: Buffer, segments: list[tuple[int, int, bytes]], total: int) -> bytes:
         count = len(segments)
         if total < NUMPY_MIN_SIZE * count:
             return unmask_run_python(buf, segments, total)

@@ -263,8 +263,13 @@ class ServerConnection:
         self._out.clear()
         return out
 
-    def receive_data(self, data: bytes, now_ms: int) -> list[Event]:
-        """Feed bytes read from the socket (``b""`` for EOF) and return the events they make."""
+    def receive_data(self, data: bytes | bytearray | memoryview, now_ms: int) -> list[Event]:
+        """Feed bytes read from the socket (``b""`` for EOF) and return the events they make.
+
+        ``data`` may be the caller's own read buffer (a ``bytearray`` or a ``memoryview`` of
+        one, as ``recv_into`` fills it): it is read in place, and nothing keeps a reference to
+        it after the call, so the buffer can be reused for the next read at once.
+        """
         self._last_activity_ms = now_ms
         if self.state is ConnectionState.HANDSHAKE:
             return self._receive_http(data, now_ms)
@@ -343,10 +348,12 @@ class ServerConnection:
         self.state = ConnectionState.CLOSED
         return [HTTPRejected(status, reason, path)]
 
-    def _receive_http(self, data: bytes, now_ms: int) -> list[Event]:
+    def _receive_http(self, data: bytes | bytearray | memoryview, now_ms: int) -> list[Event]:
         self._http_bytes += len(data)
         try:
-            self._h11.receive_data(data)
+            # h11 and wsproto append what they get to a bytearray (annotated ``bytes``): a
+            # bytes-like object is copied there, never kept.
+            self._h11.receive_data(data)  # type: ignore[arg-type]
             event = self._h11.next_event()
         except h11.RemoteProtocolError as exc:
             return self._reject(exc.error_status_hint, f"bad HTTP request: {exc}")
@@ -405,19 +412,17 @@ class ServerConnection:
 
     # ------------------------------------------------------------------ WebSocket phase
 
-    def _receive_ws(self, data: bytes, now_ms: int) -> list[Event]:
+    def _receive_ws(self, data: bytes | bytearray | memoryview, now_ms: int) -> list[Event]:
         ws = self._ws
         assert ws is not None
         events: list[Event] = []
         lane = self._lane
         if lane is None or not data:
-            ws.receive_data(data if data else None)
+            ws.receive_data(data if data else None)  # type: ignore[arg-type]  # as h11 above
             self._drain(ws, events, now_ms)
             return events
         # The fast lane (see _frames): binary payloads come straight from it, every other frame
         # goes through wsproto, drained at each None, in wire order.
-        if data.__class__ is not bytes:  # a bytearray or memoryview from a custom transport
-            data = bytes(data)
         session = self.session
         for payload in lane.feed(data):
             if payload is None:
