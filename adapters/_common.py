@@ -187,8 +187,12 @@ class ServerOptions:
     #: :data:`READ_SIZE_START` (64 KiB, or this if smaller), doubles the size while reads come
     #: back full (a bot sending flat out) up to this, and halves it again (not below the start)
     #: when reads stay under a quarter of it: big buffers only for the streams that fill them
-    #: (:class:`ReadSizer`). Used by the sync and trio adapters and by asyncio's own event loop
-    #: without TLS (uvloop's transports and asyncio's TLS transport size their reads themselves).
+    #: (:class:`ReadSizer`). The asyncio adapter reads every connection, on asyncio's event
+    #: loop and on uvloop's alike, into one buffer of this size per server (made at the first
+    #: read), a connection's read size of it at a time; the sync and trio adapters ask their
+    #: sockets for that many bytes. With TLS, what one read hands over is decrypted bytes: at
+    #: most this on asyncio and uvloop (whose TLS layers read the socket themselves, 256 KiB at
+    #: a time), one TLS record (16 KiB) on sync and trio.
     read_size: int = 1024 * 1024
     #: Answers ``http_paths`` requests; without it they get 404.
     http_handler: HTTPHandler | None = None
@@ -340,8 +344,10 @@ class ConnectionDriver:
     def accepted(self) -> bool:
         return self.handler is not None
 
-    def receive(self, data: bytes) -> Step:
-        """A read from the socket (``b""`` for EOF or a broken connection)."""
+    def receive(self, data: bytes | bytearray | memoryview) -> Step:
+        """A read from the socket (``b""`` for EOF or a broken connection). A ``bytearray`` or
+        ``memoryview`` is read during the call only (the core copies what it keeps): the
+        caller may reuse its buffer once this returns."""
         return self._step(self.conn.receive_data(data, self.clock()))
 
     def timeout(self) -> Step:

@@ -1,14 +1,17 @@
-"""The asyncio adapter: a receiver on an ``asyncio.Protocol`` (``loop.create_server``), and a
-bot client on asyncio streams.
+"""The asyncio adapter: a receiver on an ``asyncio.BufferedProtocol`` (``loop.create_server``),
+and a bot client on asyncio streams.
 
-The loop only moves bytes: each read goes straight from the transport's ``data_received`` to
-the core, which decides; the handler runs in the server's handler threads (one call at a time
-per connection, in order), or on the loop for the batches it says it takes without blocking
-(``Handler.dispatch_inline``: the recorder's media); the transport stops reading
-(``pause_reading``) while more than ``max_pending_bytes`` of media wait for the handler or
-while the bot does not take what we write; the core's deadlines are timers on the loop
-(``call_at``). On a selector loop, the transport's read size follows the bot's pace
-(:class:`ReadSizer`: 64 KiB, up to ``read_size`` while reads come back full).
+The loop only moves bytes: the transport reads straight into a buffer of the server's (one per
+server, so per event loop: ``read_size`` bytes, made once and shared by all its connections,
+see :class:`_Connection`), and ``buffer_updated`` hands what was read to the core, which
+decides and copies what it keeps; no ``bytes`` object is made per read. The size asked of the
+socket follows each connection's pace (:class:`ReadSizer`: 64 KiB, up to ``read_size`` while
+reads come back full), on asyncio's own loop and on uvloop alike. The handler runs in the
+server's handler threads (one call at a time per connection, in order), or on the loop for the
+batches it says it takes without blocking (``Handler.dispatch_inline``: the recorder's media);
+the transport stops reading (``pause_reading``) while more than ``max_pending_bytes`` of media
+wait for the handler or while the bot does not take what we write; the core's deadlines are
+timers on the loop (``call_at``).
 """
 
 from __future__ import annotations
@@ -60,11 +63,39 @@ async def _with_deadline(awaitable: Awaitable[T], seconds: float | None) -> T:
     return await asyncio.wait_for(awaitable, seconds)  # pragma: no cover - Python 3.10
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(asyncio.BufferedProtocol):
     """One connection, driven by the transport's callbacks: each read goes through the core
     as it arrives (no stream buffer, no task per connection), the handler's events go to
     :class:`ThreadedDelivery`, and reading pauses while too much media waits for the handler
-    or while the bot does not take what we write."""
+    or while the bot does not take what we write.
+
+    Reads land in the server's one read buffer (:meth:`AsyncioServer._read_buffer`), shared
+    by all its connections: :meth:`get_buffer` hands out its first ``self._sizer.size`` bytes,
+    and :meth:`buffer_updated` passes the ``nbytes`` read to the core, which copies whatever
+    it keeps before it returns (it unmasks every payload into a buffer of its own). Sharing is
+    safe because every transport calls ``get_buffer``, fills the buffer and calls
+    ``buffer_updated`` in one go, with no other callback in between, so no other connection
+    can read into the buffer before this read is consumed:
+
+    - asyncio's selector transport: ``_read_ready__get_buffer`` does ``get_buffer(-1)``,
+      ``sock.recv_into(buf)`` and ``buffer_updated(nbytes)`` in one call.
+    - asyncio's TLS (``sslproto``, Python 3.11+): ``_do_read__buffered`` does ``get_buffer``,
+      ``SSLObject.read`` into it (decrypting what the socket read into the TLS layer's own
+      256 KiB buffer) and ``buffer_updated`` in one call; on 3.10,
+      ``protocols._feed_data_to_buffered_proto`` copies each decrypted chunk in with
+      ``get_buffer`` and ``buffer_updated`` back to back. The proactor loop (Windows) feeds
+      its own read buffer the same way.
+    - uvloop (``handles/stream.pyx``): libuv calls the alloc callback (our ``get_buffer``),
+      ``read()``s into the buffer and calls the read callback (our ``buffer_updated``) at
+      once; uvloop holds the buffer (``PyObject_GetBuffer``) only in between. uvloop's TLS
+      (``sslproto.pyx``, ``_do_read__buffered``) also fills and hands over in one call.
+
+    No transport keeps a buffer from one callback to a later one, so no connection needs a
+    buffer of its own (TLS included). A tripwire stays (:attr:`AsyncioServer._read_owner`):
+    ``buffer_updated`` fails its connection (the transport closes it) when another connection
+    was handed the buffer since this one's ``get_buffer``, what a transport that kept buffers
+    across callbacks would do.
+    """
 
     def __init__(self, server: AsyncioServer) -> None:
         self.server = server
@@ -72,8 +103,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.driver: ConnectionDriver | None = None
         self.runner: ThreadedDelivery | None = None
-        #: The bytes asked per recv() (selector transports; None where the size is not ours).
-        self.sizer: ReadSizer | None = None
+        #: The bytes asked per read: how much of the shared buffer get_buffer() hands out.
+        self._sizer = ReadSizer(server.options.read_size)
         self.done: asyncio.Future[None] = self.loop.create_future()
         self._lost: asyncio.Future[None] = self.loop.create_future()
         self._ending = False
@@ -92,9 +123,6 @@ class _Connection(asyncio.Protocol):
             transport.abort()
             return
         options = server.options
-        if hasattr(transport, "max_size"):  # selector transports: bytes asked per recv()
-            self.sizer = ReadSizer(options.read_size)
-            transport.max_size = self.sizer.size
         self.driver = ConnectionDriver(
             options,
             server.factory,
@@ -105,14 +133,28 @@ class _Connection(asyncio.Protocol):
         server._connections[self] = None
         self._arm()
 
-    def data_received(self, data: bytes) -> None:
-        sizer = self.sizer
-        if sizer is not None and sizer.update(len(data)):
-            cast(Any, self.transport).max_size = sizer.size
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # The hint is the transport's guess (-1 on asyncio's loop, 64 KiB on uvloop, the TLS
+        # bytes pending): the size is ours.
+        server = self.server
+        server._read_owner = self
+        return server._read_buffer()[: self._sizer.size]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        server = self.server
+        if server._read_owner is not self:
+            raise RuntimeError("the shared read buffer was handed to another connection")
+        server._read_owner = None
+        if not nbytes:  # no transport reports an empty read; an empty one would mean EOF
+            return
+        self._sizer.update(nbytes)
         driver = self.driver
         if driver is None or driver.closed:
             return
-        self.apply(driver.receive(data))
+        # The slice is released before anything else runs: the core kept nothing of it.
+        with server._read_buffer()[:nbytes] as data:
+            step = driver.receive(data)
+        self.apply(step)
 
     def eof_received(self) -> bool:
         driver = self.driver
@@ -123,6 +165,8 @@ class _Connection(asyncio.Protocol):
         return self.server.options.ssl is None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.server._read_owner is self:  # a read that never came: hold no dead connection
+            self.server._read_owner = None
         driver = self.driver
         if driver is not None and not driver.closed:
             self.apply(driver.receive(b""))
@@ -298,6 +342,18 @@ class AsyncioServer:
         self._connections: dict[_Connection, None] = {}
         self._accepting = True
         self._executor = handler_pool(self.options.handler_threads)
+        #: The read buffer every connection reads into (``read_size`` bytes, made at the first
+        #: read and never resized: transports hold slices of it during a read).
+        self._read_view: memoryview | None = None
+        #: The connection that was last handed the read buffer and has not consumed it yet.
+        self._read_owner: _Connection | None = None
+
+    def _read_buffer(self) -> memoryview:
+        """The connections' shared read buffer (see :class:`_Connection`)."""
+        view = self._read_view
+        if view is None:
+            view = self._read_view = memoryview(bytearray(self.options.read_size))
+        return view
 
     @property
     def sockets(self) -> list[Any]:

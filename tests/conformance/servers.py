@@ -7,6 +7,8 @@ drives every adapter with every client.
 The servers: the socket adapters (``asyncio``, ``sync``, ``trio``), whose bytes all go through
 the core, and :class:`~meetstream_live.adapters.asgi.ASGIApp` under uvicorn (``asgi-uvicorn``)
 and under hypercorn (``asgi-hypercorn``), which parse HTTP and frame WebSockets themselves.
+``running_server`` also runs the asyncio adapter on uvloop's event loop (``asyncio-uvloop``,
+:data:`VARIANTS`: not in the conformance matrix; it needs uvloop installed).
 Where they legitimately differ (documented in ``adapters/asgi.py``), each server's
 :class:`Capabilities` says how, and the scenarios assert exactly that.
 """
@@ -175,18 +177,37 @@ def _socket_options(options: ServerOptions, tls: trustme.CA | None) -> ServerOpt
     return dataclasses.replace(options, ssl=context)
 
 
+def tls_contexts(ca: trustme.CA) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context (for ``ServerOptions.ssl``) with a certificate for 127.0.0.1 and
+    localhost, and a client context that trusts ``ca``; the server sends no TLS 1.3 session
+    tickets. For tests that open several ``wss://`` connections with websockets' sync client at
+    once: that client reads in a thread of its own while the caller's thread writes, so
+    OpenSSL runs SSL_read (taking in the tickets the server sends after the handshake) and
+    SSL_write (the upgrade request) on one SSL object at the same time, which it does not
+    allow; now and then the request is lost (about one connection in 300 here, whatever the
+    server: the server then answers 408). Without tickets nothing arrives during that write."""
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server)
+    server.num_tickets = 0
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
+
+
 @contextlib.contextmanager
 def _loop_in_thread(
     name: str,
     main: Callable[[asyncio.Event, Callable[[int], None]], Coroutine[None, None, None]],
+    new_loop: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
 ) -> Iterator[int]:
-    """Run ``main(stop, ready)`` on a new event loop in a thread; yield the port it reports
-    through ``ready(port)``; set ``stop`` at exit and wait for ``main`` to return."""
+    """Run ``main(stop, ready)`` on a new event loop (``new_loop()``) in a thread; yield the
+    port it reports through ``ready(port)``; set ``stop`` at exit and wait for ``main`` to
+    return."""
     ready = threading.Event()
     port: list[int] = []
     stops: list[asyncio.Event] = []
     errors: list[BaseException] = []
-    loop = asyncio.new_event_loop()
+    loop = new_loop()
 
     def started(bound: int) -> None:
         port.append(bound)
@@ -226,6 +247,7 @@ def _asyncio_server(
     options: ServerOptions,
     drain_timeout: float | None,
     tls: trustme.CA | None,
+    new_loop: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
 ) -> Iterator[int]:
     from meetstream_live.adapters.asyncio import AsyncioServer
 
@@ -236,8 +258,20 @@ def _asyncio_server(
         await stop.wait()
         await server.shutdown(drain_timeout)
 
-    with _loop_in_thread("asyncio", main) as port:
+    with _loop_in_thread("asyncio", main, new_loop) as port:
         yield port
+
+
+def _asyncio_uvloop_server(
+    factory: HandlerFactory,
+    options: ServerOptions,
+    drain_timeout: float | None,
+    tls: trustme.CA | None,
+) -> contextlib.AbstractContextManager[int]:
+    """The asyncio adapter on uvloop's event loop (what ``serve --adapter uvloop`` runs)."""
+    import uvloop
+
+    return _asyncio_server(factory, options, drain_timeout, tls, uvloop.new_event_loop)
 
 
 @contextlib.contextmanager
@@ -449,8 +483,19 @@ SERVERS: dict[str, Server] = {
 }
 
 
+#: Servers that :func:`running_server` runs too, outside the conformance matrix: the asyncio
+#: adapter on uvloop (for the tests of what differs there: its transports' reads).
+VARIANTS: dict[str, Server] = {
+    "asyncio-uvloop": Server(_asyncio_uvloop_server, CORE),
+}
+
+
+def _server(name: str) -> Server:
+    return SERVERS[name] if name in SERVERS else VARIANTS[name]
+
+
 def capabilities(name: str) -> Capabilities:
-    return SERVERS[name].capabilities
+    return _server(name).capabilities
 
 
 @contextlib.contextmanager
@@ -465,5 +510,5 @@ def running_server(
     """Run server ``name`` for the block; yield its port. With ``tls``, it serves ``wss://``
     with a certificate for 127.0.0.1 and localhost issued by that CA (each server takes it its
     own way: an ``ssl.SSLContext`` in ``ServerOptions.ssl``, or certificate files)."""
-    with SERVERS[name].run(factory, options or ServerOptions(), drain_timeout, tls) as port:
+    with _server(name).run(factory, options or ServerOptions(), drain_timeout, tls) as port:
         yield port
