@@ -1,5 +1,7 @@
 """The asyncio adapter's shared read buffer: every connection of a server reads into the same
-buffer (``asyncio.BufferedProtocol``), on asyncio's loop and on uvloop's, with and without TLS.
+buffer (``asyncio.BufferedProtocol``), with and without TLS. The adapter uses it on uvloop (on
+asyncio's own loop ``data_received`` measured faster); these tests force it on asyncio's loop
+too (the :func:`buffered` fixture), so that both loops' transports are checked with it.
 Bots sending flat out at the same time must each get exactly their own bytes: the buffer never
 mixes streams, and nothing the handler gets is a view of it (media is checked after the buffer
 was overwritten by every later read)."""
@@ -20,12 +22,37 @@ from websockets.sync.client import connect
 
 from meetstream_live import Disconnected, Event, MediaChunk, StreamStarted
 from meetstream_live.adapters import ConnectionInfo, Handler, ServerOptions
+from meetstream_live.adapters import asyncio as asyncio_adapter
 from meetstream_live.adapters._common import READ_SIZE_START
-from meetstream_live.adapters.asyncio import AsyncioServer, _Connection
+from meetstream_live.adapters.asyncio import AsyncioServer, _BufferedConnection
 
 KIB = 1024
 MIB = 1024 * KIB
 BOTS = 4
+
+
+#: The adapter's own choice, kept before the fixture below replaces it.
+CHOOSE = asyncio_adapter._connection_class
+
+
+@pytest.fixture(autouse=True)
+def buffered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared buffer on every loop (the adapter picks it on uvloop only)."""
+    monkeypatch.setattr(asyncio_adapter, "_connection_class", lambda loop: _BufferedConnection)
+
+
+def test_the_adapter_reads_by_data_received_on_asyncio_and_into_the_buffer_on_uvloop() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        assert CHOOSE(loop) is asyncio_adapter._ReceivingConnection
+    finally:
+        loop.close()
+    uvloop = pytest.importorskip("uvloop")
+    loop = uvloop.new_event_loop()
+    try:
+        assert CHOOSE(loop) is _BufferedConnection
+    finally:
+        loop.close()
 
 
 class Bots:
@@ -170,14 +197,14 @@ def test_one_buffer_per_server_sliced_at_each_connections_read_size(
     if loop == "asyncio-uvloop":
         pytest.importorskip("uvloop")
     handed: list[tuple[int, int, int]] = []  # (connection, buffer, size)
-    original = _Connection.get_buffer
+    original = _BufferedConnection.get_buffer
 
-    def get_buffer(self: _Connection, sizehint: int) -> memoryview:
+    def get_buffer(self: _BufferedConnection, sizehint: int) -> memoryview:
         view = original(self, sizehint)
         handed.append((id(self), id(view.obj), view.nbytes))
         return view
 
-    monkeypatch.setattr(_Connection, "get_buffer", get_buffer)
+    monkeypatch.setattr(_BufferedConnection, "get_buffer", get_buffer)
     bots = payloads(2, 4 * MIB)
     factory = Bots(inline=False)
     with running_server(loop, factory, ServerOptions(read_size=256 * KIB)) as port:
@@ -219,7 +246,7 @@ class FakeTransport:
 
 
 def test_a_read_consumed_after_another_connection_got_the_buffer_fails_that_connection() -> None:
-    """No transport does it (see ``_Connection``), but should one hand the shared buffer to
+    """No transport does it (see ``_BufferedConnection``), but should one hand the shared buffer to
     another connection between a connection's ``get_buffer`` and its ``buffer_updated``, that
     read fails (the transport then closes that connection) instead of going to the core."""
     request = (
@@ -230,7 +257,7 @@ def test_a_read_consumed_after_another_connection_got_the_buffer_fails_that_conn
     async def main() -> None:
         server = AsyncioServer(Bots(inline=True))
         try:
-            a, b = _Connection(server), _Connection(server)
+            a, b = _BufferedConnection(server), _BufferedConnection(server)
             ta, tb = FakeTransport(), FakeTransport()
             a.connection_made(ta)  # type: ignore[arg-type]
             b.connection_made(tb)  # type: ignore[arg-type]
