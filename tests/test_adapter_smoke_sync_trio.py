@@ -145,6 +145,10 @@ def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost").configure_cert(server_context)
+    # No TLS 1.3 session tickets: see conformance.servers.tls_contexts (websockets' sync
+    # client reads them in its own thread while the caller writes; now and then that loses
+    # the upgrade request).
+    server_context.num_tickets = 0
     client_context = ssl.create_default_context()
     ca.configure_trust(client_context)
     return server_context, client_context

@@ -174,6 +174,7 @@ def _socket_options(options: ServerOptions, tls: trustme.CA | None) -> ServerOpt
         return options
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    context.num_tickets = 0  # see tls_contexts: websockets' sync client and TLS 1.3 tickets
     return dataclasses.replace(options, ssl=context)
 
 
