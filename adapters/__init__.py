@@ -19,6 +19,7 @@ from ._common import (
     HTTPAnswer,
     HTTPHandler,
     ServerOptions,
+    tune_allocator,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "HandlerFactory",
     "HandshakeFailed",
     "ServerOptions",
+    "tune_allocator",
 ]

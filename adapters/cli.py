@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 
 from meetstream_live import ServerConfig, __version__, parse_ws_url, unmask_backend
 
-from ._common import HandlerFactory, ServerOptions
+from ._common import JOINED_BYTES_TUNED, HandlerFactory, ServerOptions, tune_allocator
 from .diskguard import DiskGuard, apply_retention
 from .hooks import HookRunner, Journal
 from .metrics import HTTP_PATHS, Metrics
@@ -275,12 +275,16 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             if args.keep_days is not None or args.max_total_size is not None:
                 apply_retention(output, keep_days=args.keep_days,
                                 max_total_bytes=args.max_total_size)
+        # This process is ours: tune glibc's malloc for big blocks, then deliver one chunk per
+        # read (see tune_allocator; elsewhere the core's default keeps chunks small).
+        tuned = tune_allocator()
         config = ServerConfig(
             path=args.path,
             token=token,
             http_paths=HTTP_PATHS,
             handshake_timeout_ms=int(args.handshake_timeout * 1000),
             idle_timeout_ms=None if args.idle_timeout is None else int(args.idle_timeout * 1000),
+            max_joined_bytes=JOINED_BYTES_TUNED if tuned else ServerConfig().max_joined_bytes,
         )
         options = ServerOptions(
             config=config,

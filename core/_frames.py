@@ -100,13 +100,17 @@ def wsproto_mismatch(ws: Connection, version: str = wsproto.__version__) -> str 
 
 
 def fast_lane(
-    ws: Connection, mode: str | None = None, *, run_limit: int | None = None
+    ws: Connection,
+    mode: str | None = None,
+    *,
+    run_limit: int | None = None,
+    run_bytes: int | None = None,
 ) -> FastLane | None:
     """A :class:`FastLane` for a fresh wsproto server connection, or ``None`` for the stock path.
 
     ``mode`` defaults to :data:`MODE`. A wsproto that does not match what the lane was written
-    against is reported with a ``RuntimeWarning`` and gets the stock path. ``run_limit`` is
-    :attr:`FastLane.run_limit`.
+    against is reported with a ``RuntimeWarning`` and gets the stock path. ``run_limit`` and
+    ``run_bytes`` are :attr:`FastLane.run_limit` and :attr:`FastLane.run_bytes`.
     """
     mode = MODE if mode is None else mode
     if mode == "off":
@@ -124,15 +128,22 @@ def fast_lane(
     elif mode == "numpy":
         _mask.best()  # registers numpy's unmaskers where numpy imports
     unmask = _mask.BACKENDS[mode]  # KeyError: no such backend here
-    return FastLane(ws, unmask, _mask.RUN_BACKENDS[mode], run_limit=run_limit)
+    return FastLane(
+        ws,
+        unmask,
+        _mask.RUN_BACKENDS[mode],
+        run_limit=run_limit,
+        run_bytes=RUN_BYTES if run_bytes is None else run_bytes,
+    )
 
 
-#: A run joins whole messages up to this many bytes (a single bigger message is a run alone).
-#: Bounded so that the bytes objects made stay below glibc's default ``mmap`` threshold
-#: (128 KiB): unbounded runs of a 1 MiB read made 1 MiB objects read after read, and the
-#: allocator's mapping, faulting in and trimming of those pages ran the receiver at 0.4x
-#: (measured with one bot flat out at 64 KiB messages; the same code ran at 1.3x with
-#: ``MALLOC_TRIM_THRESHOLD_``/``MALLOC_MMAP_THRESHOLD_`` raised).
+#: The default :attr:`FastLane.run_bytes` (``ServerConfig.max_joined_bytes``): a run joins
+#: whole messages up to this many bytes (a single bigger message is a run alone). Bounded so
+#: that the bytes objects made stay below glibc's default ``mmap`` threshold (128 KiB): runs
+#: of a whole 1 MiB read made 1 MiB objects read after read, and the allocator's mapping,
+#: faulting in and trimming of those pages ran the receiver at 0.4x (one bot flat out at 64 KiB
+#: messages). With glibc tuned for big blocks (``mallopt``, as ``meetstream-live serve`` does)
+#: one run per read is 1.4x faster than this bound.
 RUN_BYTES = 64 * 1024
 
 
@@ -147,8 +158,8 @@ class FastLane:
     frame yields ``b""`` for that), and :attr:`whole_messages` whether it is a *run*: the
     payloads of one or more whole messages (single final ``BINARY`` frames, each at most
     :attr:`run_limit` bytes) that arrived back to back in this read, joined and unmasked into
-    one buffer, up to :data:`RUN_BYTES` (a bot sends whole messages: at 4 KiB a message, 16 of
-    them make one payload instead of 16).
+    one buffer, up to :attr:`run_bytes` (a bot sends whole messages: at 4 KiB a message, 16 of
+    them make one payload of 64 KiB instead of 16 payloads).
     """
 
     __slots__ = (
@@ -164,6 +175,7 @@ class FastLane:
         "_ws",
         "discard",
         "message_ended",
+        "run_bytes",
         "run_limit",
         "whole_messages",
     )
@@ -175,6 +187,7 @@ class FastLane:
         unmask_run: UnmaskRun | None = None,
         *,
         run_limit: int | None = None,
+        run_bytes: int = RUN_BYTES,
     ) -> None:
         self._ws = ws
         self._messages: MessageDecoder = ws._proto._message_decoder
@@ -183,6 +196,9 @@ class FastLane:
         #: Messages longer than this are never joined into a run (the caller's message size
         #: limit: each message of a run is then known to be within it). ``None``: no limit.
         self.run_limit = run_limit
+        #: A run joins whole messages up to this many bytes (:data:`RUN_BYTES` by default; a
+        #: single bigger message is a run alone; 0: no message is joined to another).
+        self.run_bytes = run_bytes
         #: Whether the payload just yielded is a run of whole messages (see the class).
         self.whole_messages = False
         #: When true, payloads of our frames are consumed and dropped, not unmasked.
@@ -343,6 +359,7 @@ class FastLane:
         segments: list[tuple[int, int, bytes]] = []
         total = 0
         limit = self.run_limit
+        run_bytes = self.run_bytes
         while pos + 6 <= size and data[pos] == 0x82:
             code = data[pos + 1]
             if code < 0xFE:  # masked, 7-bit length
@@ -369,7 +386,7 @@ class FastLane:
             if stop > size or (limit is not None and length > limit):
                 break
             if length:
-                if segments and total + length > RUN_BYTES:
+                if segments and total + length > run_bytes:
                     break
                 segments.append((start, stop, bytes(data[start - 4 : start])))
                 total += length

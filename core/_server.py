@@ -33,7 +33,7 @@ from wsproto.utilities import RemoteProtocolError as WSRemoteProtocolError
 
 from ._errors import LocalProtocolError
 from ._events import Accepted, Event, Headers, HTTPRejected, HTTPRequest
-from ._frames import FastLane, fast_lane
+from ._frames import RUN_BYTES, FastLane, fast_lane
 from ._session import (
     DEFAULT_MAX_EARLY_BYTES,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -90,6 +90,12 @@ class ServerConfig:
     idle_timeout_ms: int | None = 300_000
     #: Time allowed for the bot to answer our close frame.
     close_timeout_ms: int = 10_000
+    #: Whole binary messages that arrive back to back in one read come out as one
+    #: :class:`MediaChunk` of up to this many bytes (0: one chunk per message). The default
+    #: keeps each chunk below glibc's ``mmap`` threshold (128 KiB), which costs page faults
+    #: per big allocation; with an allocator tuned for big blocks (``serve`` does it, see
+    #: ``meetstream_live.adapters.tune_allocator``) 1 MiB makes one chunk per read, faster.
+    max_joined_bytes: int = RUN_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,7 +408,10 @@ class ServerConnection:
         ws = handshake.connection
         assert ws is not None
         self._ws = ws
-        self._lane = fast_lane(ws, run_limit=self.config.max_message_size)
+        config = self.config
+        self._lane = fast_lane(
+            ws, run_limit=config.max_message_size, run_bytes=config.max_joined_bytes
+        )
         self.state = ConnectionState.OPEN
         events: list[Event] = [Accepted(path, query, headers)]
         trailing, _closed = self._h11.trailing_data

@@ -507,6 +507,19 @@ def test_whole_messages_of_one_read_come_out_joined_up_to_the_run_bound(
 
 
 @pytest.mark.parametrize("mode", FAST_MODES)
+@pytest.mark.parametrize("joined", [0, 4096, 1 << 20])
+def test_max_joined_bytes_bounds_the_chunks(mode: str, joined: int) -> None:
+    media = [bytes([i]) * 4096 for i in range(40)]
+    wire = upgrade_request() + START + b"".join(frame(BINARY, m) for m in media)
+    with lane_mode(mode):
+        conn = ServerConnection(ServerConfig(max_joined_bytes=joined), now_ms=NOW)
+        events = conn.receive_data(wire, NOW)
+    chunks = [event.data for event in events if isinstance(event, MediaChunk)]
+    assert b"".join(chunks) == b"".join(media)
+    assert len(chunks) == (1 if joined == 1 << 20 else 40)
+
+
+@pytest.mark.parametrize("mode", FAST_MODES)
 def test_a_run_stops_at_the_message_limit_at_a_cut_frame_and_at_a_fragment(mode: str) -> None:
     """What is not a whole final BINARY frame within the limit, all in this read, ends the run
     and takes the frame-by-frame way (which cuts oversize messages at the limit)."""
