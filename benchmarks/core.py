@@ -109,6 +109,7 @@ def time_core_wsproto(reads: list[bytes]) -> float:
 
     ws = Connection(ConnectionType.SERVER)
     out = media = 0
+    text: list[str] = []  # a text message cut by a read comes in pieces
     t0 = time.perf_counter()
     for data in reads:
         ws.receive_data(data)
@@ -117,7 +118,11 @@ def time_core_wsproto(reads: list[bytes]) -> float:
                 media += len(event.data)
                 continue
             if isinstance(event, TextMessage):
-                pong = _pong(event.data)
+                text.append(event.data)
+                if not event.message_finished:
+                    continue
+                pong = _pong("".join(text))
+                text.clear()
                 if pong is not None:
                     out += len(ws.send(TextMessage(data=pong)))
             elif isinstance(event, Ping):
