@@ -94,7 +94,7 @@ class ServerConfig:
     #: :class:`MediaChunk` of up to this many bytes (0: one chunk per message). The default
     #: keeps each chunk below glibc's ``mmap`` threshold (128 KiB), which costs page faults
     #: per big allocation; with an allocator tuned for big blocks (``serve`` does it, see
-    #: ``meetstream_live.adapters.tune_allocator``) 1 MiB makes one chunk per read, faster.
+    #: the adapters' ``tune_allocator``) 1 MiB makes one chunk per read, faster.
     max_joined_bytes: int = RUN_BYTES
 
 
