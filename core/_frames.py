@@ -309,7 +309,7 @@ class FastLane:
                     and (self.run_limit is None or length <= self.run_limit)
                 ):
                     # A whole final BINARY frame in this read: ours, with the ones after it.
-                    pos, payload = self._run(data, pos, size)
+                    pos, payload = self._run(data, pos + hlen, length, size)
                     if payload is not None:
                         self.message_ended = self.whole_messages = True
                         yield payload
@@ -350,14 +350,17 @@ class FastLane:
             yield None
 
     def _run(
-        self, data: bytes | bytearray | memoryview, pos: int, size: int
+        self, data: bytes | bytearray | memoryview, start: int, length: int, size: int
     ) -> tuple[int, bytes | None]:
-        """Read the whole final ``BINARY`` frames from ``pos`` on (the first one is known to
-        be one), until a frame that is not, or is not all in ``data``; return where it starts
-        and the frames' payloads joined and unmasked (``None`` when :attr:`discard` is set or
-        they are all empty). The message in flight stays ``None`` throughout."""
-        segments: list[tuple[int, int, bytes]] = []
-        total = 0
+        """Read a run: the whole final ``BINARY`` frame whose payload of ``length`` bytes
+        starts at ``start`` (its header read by :meth:`feed`), then the whole final ``BINARY``
+        frames after it, until a frame that is not one, is not all in ``data`` or would make
+        the run longer than :attr:`run_bytes`. Return where that frame starts and the payloads
+        joined and unmasked (``None`` when :attr:`discard` is set or they are all empty). The
+        message in flight stays ``None`` throughout."""
+        pos = start + length
+        segments = [(start, pos, bytes(data[start - 4 : start]))] if length else []
+        total = length
         limit = self.run_limit
         run_bytes = self.run_bytes
         while pos + 6 <= size and data[pos] == 0x82:

@@ -92,6 +92,25 @@ def numpy_unmaskers() -> tuple[Unmask, UnmaskRun] | None:
     frombuffer, xor, empty, ndarray = np.frombuffer, np.bitwise_xor, np.empty, np.ndarray
     u8, u64 = np.uint8, np.uint64
 
+    def xor_into(out: Any, at: int, buf: Buffer, start: int, size: int, key: bytes) -> None:
+        """``out[at : at + size]`` = ``buf[start : start + size]`` XOR ``key`` (repeated):
+        8 bytes at a time, then the tail."""
+        body = size & ~7
+        key8 = key + key
+        if body:
+            xor(
+                frombuffer(buf, u64, body >> 3, start),
+                frombuffer(key8, u64),
+                out=out[at : at + body].view(u64),
+            )
+        if body != size:
+            tail = size - body
+            xor(
+                frombuffer(buf, u8, tail, start + body),
+                frombuffer(key8, u8, tail),
+                out=out[at + body : at + size],
+            )
+
     def unmask_numpy(buf: Buffer, start: int, stop: int, key: bytes) -> bytes:
         size = stop - start
         if size < NUMPY_MIN_SIZE:
@@ -103,11 +122,8 @@ def numpy_unmaskers() -> tuple[Unmask, UnmaskRun] | None:
             # Unaligned views are fine: numpy reads them. The XOR writes a new array.
             result = xor(frombuffer(buf, u64, words, start), frombuffer(key8, u64)).tobytes()
             return result
-        body = words << 3
         out = empty(size, u8)
-        xor(frombuffer(buf, u64, words, start), frombuffer(key8, u64), out=out[:body].view(u64))
-        tail = size - body
-        xor(frombuffer(buf, u8, tail, start + body), frombuffer(key8, u8, tail), out=out[body:])
+        xor_into(out, 0, buf, start, size, key)
         result = out.tobytes()
         return result
 
@@ -142,21 +158,7 @@ def numpy_unmaskers() -> tuple[Unmask, UnmaskRun] | None:
                 at += rows * size
                 i = j
                 continue
-            body = size & ~7
-            key8 = key + key
-            if body:
-                xor(
-                    frombuffer(buf, u64, body >> 3, start),
-                    frombuffer(key8, u64),
-                    out=out[at : at + body].view(u64),
-                )
-            if body != size:
-                tail = size - body
-                xor(
-                    frombuffer(buf, u8, tail, start + body),
-                    frombuffer(key8, u8, tail),
-                    out=out[at + body : at + size],
-                )
+            xor_into(out, at, buf, start, size, key)
             at += size
             i += 1
         result: bytes = out.tobytes()
