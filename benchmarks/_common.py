@@ -61,7 +61,7 @@ def build_media(seed: int = SEED) -> Media:
     """The bundled sample's init segment and its fragments, each ``mdat`` padded with seeded
     random bytes so that every fragment is :data:`FRAGMENT_SIZE` bytes (unreferenced bytes at
     the end of an ``mdat`` are legal; the scanner and the recorder see real fragments)."""
-    from meetstream_live.adapters.sample import sample_bytes
+    from meetstream_live.adapters.cli.sample import sample_bytes
 
     data = sample_bytes()
     rng = random.Random(seed)

@@ -28,8 +28,8 @@ from meetstream_live import Fmp4Scanner, FragmentComplete
 from meetstream_live.adapters import ServerOptions
 from meetstream_live.adapters.asyncio import AsyncioBot, AsyncioServer
 from meetstream_live.adapters.cli import FinishHooks, main, parse_duration
-from meetstream_live.adapters.recorder import FinishedRecording, Recorder
-from meetstream_live.adapters.sample import sample_bytes, sample_path
+from meetstream_live.adapters.cli.sample import sample_bytes, sample_path
+from meetstream_live.adapters.recording.recorder import FinishedRecording, Recorder
 
 # ------------------------------------------------------------------------ helpers
 
@@ -583,7 +583,7 @@ def test_metrics_exposition_parses_and_counts() -> None:
         ProtocolWarning,
         WarningKind,
     )
-    from meetstream_live.adapters.metrics import CONTENT_TYPE, Metrics
+    from meetstream_live.adapters.recording.metrics import CONTENT_TYPE, Metrics
 
     metrics = Metrics()
     for event in [

@@ -19,8 +19,9 @@ from meetstream_live import Disconnected, Event, MediaChunk, StreamEnded, Stream
 from meetstream_live.adapters import _aio
 from meetstream_live.adapters._common import ConnectionInfo, Handler, ServerOptions, deliver
 from meetstream_live.adapters.asyncio import AsyncioBot, serve
-from meetstream_live.adapters.recorder import Recorder, _Chunks
-from meetstream_live.adapters.sample import sample_bytes
+from meetstream_live.adapters.cli.sample import sample_bytes
+from meetstream_live.adapters.recording.durable import Chunks
+from meetstream_live.adapters.recording.recorder import Recorder
 
 INFO = ConnectionInfo("127.0.0.1:5555", "/", "", (), False)
 
@@ -29,7 +30,7 @@ INFO = ConnectionInfo("127.0.0.1:5555", "/", "", (), False)
 
 
 def test_chunks_buffer_behaves_like_the_bytearray_it_replaced() -> None:
-    chunks = _Chunks()
+    chunks = Chunks()
     reference = bytearray()
     for piece in (b"abc", b"", b"defgh", b"ij", b"klmnop"):
         chunks += piece

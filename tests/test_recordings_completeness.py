@@ -31,14 +31,19 @@ from media import (
 
 from meetstream_live import Disconnected, LatencyPing, MediaChunk, StreamEnded, StreamStarted
 from meetstream_live.adapters import ConnectionInfo
-from meetstream_live.adapters import recorder as recorder_module
 from meetstream_live.adapters.cli import main
-from meetstream_live.adapters.diskguard import DiskGuard, apply_retention
-from meetstream_live.adapters.hooks import HookRunner, Journal
-from meetstream_live.adapters.metrics import Metrics
-from meetstream_live.adapters.mp4index import FragmentEntry, build_mfra
-from meetstream_live.adapters.recorder import FinishedRecording, Recorder, RecordingHandler, recover
-from meetstream_live.adapters.verify import verify_file
+from meetstream_live.adapters.recording import durable as durable_module
+from meetstream_live.adapters.recording.diskguard import DiskGuard, apply_retention
+from meetstream_live.adapters.recording.hooks import HookRunner, Journal
+from meetstream_live.adapters.recording.metrics import Metrics
+from meetstream_live.adapters.recording.mp4index import FragmentEntry, build_mfra
+from meetstream_live.adapters.recording.recorder import (
+    FinishedRecording,
+    Recorder,
+    RecordingHandler,
+    recover,
+)
+from meetstream_live.adapters.recording.verify import verify_file
 
 INFO = ConnectionInfo("127.0.0.1:5555", "/", "", (), False)
 T0 = 1_795_615_502_123
@@ -411,7 +416,7 @@ def test_disk_full_keeps_what_was_written(
     clip: Media, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     limit = {"left": 60_000}
-    real = recorder_module._write_all
+    real = durable_module.write_all
 
     def write_all(fd: int, data: Any) -> None:
         if os.readlink(f"/proc/self/fd/{fd}").endswith(".mp4.part"):
@@ -420,7 +425,7 @@ def test_disk_full_keeps_what_was_written(
             limit["left"] -= len(data)
         real(fd, data)
 
-    monkeypatch.setattr(recorder_module, "_write_all", write_all)
+    monkeypatch.setattr(durable_module, "write_all", write_all)
     finished: list[FinishedRecording] = []
     metrics = Metrics()
     handler = Recorder(tmp_path, on_finish=finished.append, metrics=metrics)(INFO)
@@ -728,7 +733,7 @@ def test_remux_mp4_is_a_plain_faststart_copy(clip: Media, tmp_path: Path) -> Non
     assert after.audio_frames == before.audio_frames
     # Idempotent: a second run (a crash before the entry was removed) keeps the file.
     stamp = remuxed.stat().st_mtime_ns
-    from meetstream_live.adapters.remux import remux_mp4
+    from meetstream_live.adapters.recording.remux import remux_mp4
 
     assert remux_mp4(source) == remuxed and remuxed.stat().st_mtime_ns == stamp
 
@@ -747,7 +752,7 @@ def test_remux_runs_before_the_command_and_holds_it_back(
     )
     journal = Journal(out, HookRunner.hooks_for("x", None, "mp4"))
     stream(Recorder(out, journal=journal), clip.data, end=4.0)
-    from meetstream_live.adapters import remux as remux_module
+    from meetstream_live.adapters.recording import remux as remux_module
 
     real = remux_module.remux_mp4
     calls: list[str] = []

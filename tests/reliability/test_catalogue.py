@@ -42,10 +42,10 @@ from meetstream_live import (
     ServerConfig,
 )
 from meetstream_live.adapters import ConnectionInfo, Handler, HandlerFactory, ServerOptions
-from meetstream_live.adapters import recorder as recorder_module
 from meetstream_live.adapters.asgi import RECOMMENDED_MAX_MESSAGE_SIZE
-from meetstream_live.adapters.metrics import Metrics
-from meetstream_live.adapters.recorder import Recorder
+from meetstream_live.adapters.recording import durable as durable_module
+from meetstream_live.adapters.recording.metrics import Metrics
+from meetstream_live.adapters.recording.recorder import Recorder
 from meetstream_live.adapters.sync import SyncBot
 
 from ._wire import (
@@ -757,7 +757,7 @@ def test_output_dir_not_writable_at_start(tmp_path: Path) -> None:
 def disk_fills_up(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Writes to recordings of the bot ``full`` fail with ENOSPC after 20 000 bytes."""
     state = {"written": 0, "limit": 20_000}
-    real = recorder_module._write_all
+    real = durable_module.write_all
 
     def write_all(fd: int, data: Any) -> None:
         target = os.readlink(f"/proc/self/fd/{fd}")
@@ -767,7 +767,7 @@ def disk_fills_up(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
             state["written"] += len(data)
         real(fd, data)
 
-    monkeypatch.setattr(recorder_module, "_write_all", write_all)
+    monkeypatch.setattr(durable_module, "write_all", write_all)
     return state
 
 

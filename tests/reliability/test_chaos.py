@@ -17,7 +17,7 @@ import pytest
 from conformance.servers import CollectingHandler, Collector, running_server
 
 from meetstream_live.adapters.cli import main
-from meetstream_live.adapters.simulate import CHAOS, BotResult, plan_media, simulate
+from meetstream_live.adapters.cli.simulate import CHAOS, BotResult, plan_media, simulate
 
 
 def _fits(result: BotResult, handler: CollectingHandler) -> bool:

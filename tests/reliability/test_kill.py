@@ -22,7 +22,7 @@ from media import decodable_frames
 
 from meetstream_live import Fmp4Scanner
 from meetstream_live.adapters import ServerOptions
-from meetstream_live.adapters.recorder import Recorder
+from meetstream_live.adapters.recording.recorder import Recorder
 
 PROCESSES = 10
 BOTS_PER_PROCESS = 10

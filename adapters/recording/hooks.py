@@ -35,8 +35,9 @@ from typing import Any
 
 from meetstream_live import __version__
 
+from .durable import dumps_json, fsync_dir, replace_json, write_new
 from .metrics import Metrics
-from .recorder import FinishedRecording, _dumps, _fsync_dir, _replace_json, _write_new
+from .sidecar import FinishedRecording
 
 __all__ = ["HookRunner", "Journal"]
 
@@ -71,8 +72,8 @@ class Journal:
             "next_at": 0.0,
             "last_error": None,
         }
-        _write_new(path, _dumps(entry))
-        _fsync_dir(self.directory)
+        write_new(path, dumps_json(entry))
+        fsync_dir(self.directory)
         if self.added is not None:
             self.added()
         return path
@@ -216,7 +217,7 @@ class HookRunner:
         entry.update(pending=still, attempts=attempts, next_at=time.time() + delay,
                      last_error=error)
         with contextlib.suppress(OSError):
-            _replace_json(path, entry)
+            replace_json(path, entry)
         return False
 
     def _run(self, hook: str, entry: dict[str, Any]) -> None:

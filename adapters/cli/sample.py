@@ -29,7 +29,7 @@ def sample_path() -> Path:
     here = Path(__file__).resolve().parent / "data" / _NAME
     if here.is_file():
         return here
-    packaged = resources.files(__package__ or "meetstream_live.adapters") / "data" / _NAME
+    packaged = resources.files(__package__ or "meetstream_live.adapters.cli") / "data" / _NAME
     if isinstance(packaged, Path) and packaged.is_file():
         return packaged
     raise FileNotFoundError(f"the bundled {_NAME} is missing from this installation")

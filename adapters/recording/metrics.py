@@ -31,8 +31,7 @@ from meetstream_live import (
     StreamEnded,
     StreamStarted,
 )
-
-from ._common import HTTPAnswer
+from meetstream_live.adapters import HTTPAnswer
 
 __all__ = ["CONTENT_TYPE", "HTTP_PATHS", "Counter", "Gauge", "Histogram", "Metrics"]
 

@@ -25,17 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import reprlib
 import statistics
 import threading
-import time
-import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +39,6 @@ from meetstream_live import (
     Disconnected,
     Event,
     Fmp4Event,
-    Fmp4Scanner,
     FragmentComplete,
     InitSegment,
     LatencyPing,
@@ -53,13 +47,33 @@ from meetstream_live import (
     ProtocolWarning,
     StreamEnded,
     StreamStarted,
-    TrackInfo,
 )
+from meetstream_live.adapters._common import ConnectionInfo, Handler, now_ms
 
-from ._common import ConnectionInfo, Handler, now_ms
+from . import durable
+from .durable import (
+    Chunks,
+    dumps_json,
+    fsync_dir,
+    numbered,
+    rename_noreplace,
+    reopen,
+    replace_json,
+    reserve,
+    write_new,
+)
+from .meter import Completeness, MediaMeter, fragment_entry, fragment_seconds, track_ends, worst
 from .metrics import Metrics
 from .mp4index import FragmentEntry, finish_index
-from .verify import COMPLETE, GAPS, TRUNCATED, Completeness, worst
+from .names import inside, iso, safe_name, utc_stamp
+from .recovery import load_json, recover
+from .sidecar import (
+    MAX_WARNINGS,
+    SIDECAR_VERSION,
+    FinishedRecording,
+    build_sidecar,
+    end_reason,
+)
 
 if TYPE_CHECKING:
     from .diskguard import DiskGuard
@@ -76,314 +90,11 @@ __all__ = [
 
 log = logging.getLogger("meetstream_live.recorder")
 
-#: Sidecar format version; bumped when a field changes meaning.
-SIDECAR_VERSION = 2
-#: Longest path component made from a bot's strings, in characters and in UTF-8 bytes.
-MAX_NAME_CHARS = 100
-MAX_NAME_BYTES = 200
-#: Warnings kept in one sidecar; more are only counted.
-MAX_WARNINGS = 100
 #: Bytes gathered before a ``write`` call (unless a fragment completes first). 128 KiB: a
 #: quarter second at 4 Mbit/s, and what a thousand streams hold in memory is bounded.
 DEFAULT_BUFFER_SIZE = 128 * 1024
-#: Read size when scanning a file during recovery.
-_SCAN_READ = 1024 * 1024
-
-_WINDOWS_RESERVED = frozenset(
-    {"con", "prn", "aux", "nul"}
-    | {f"com{i}" for i in range(1, 10)}
-    | {f"lpt{i}" for i in range(1, 10)}
-)
-_FORBIDDEN = frozenset('/\\<>:"|?*')
-
-
-# ---------------------------------------------------------------------------- names
-
-
-def safe_name(value: object, *, default: str = "unknown") -> str:
-    """One path component made from an untrusted string (a ``bot_id``, a speaker name).
-
-    NFC-normalized; control, format and surrogate characters dropped; path separators and
-    characters Windows forbids replaced by ``_``; leading dots and spaces stripped (no ``..``,
-    no hidden files); at most :data:`MAX_NAME_CHARS` characters and :data:`MAX_NAME_BYTES`
-    UTF-8 bytes. Empty results, and anything that is not a string, give ``default``.
-    """
-    if not isinstance(value, str):
-        return default
-    text = unicodedata.normalize("NFC", value)
-    kept: list[str] = []
-    for char in text:
-        category = unicodedata.category(char)
-        if category in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
-            continue
-        kept.append("_" if char in _FORBIDDEN else (" " if category == "Zs" else char))
-    name = "".join(kept).strip(" .")
-    if len(name) > MAX_NAME_CHARS:
-        name = name[:MAX_NAME_CHARS]
-    while len(name.encode("utf-8")) > MAX_NAME_BYTES:
-        name = name[:-1]
-    name = name.rstrip(" .")
-    if not name:
-        return default
-    if name.split(".")[0].lower() in _WINDOWS_RESERVED:
-        name = "_" + name
-    return name
-
-
-def _utc_stamp(ms: int) -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(ms / 1000))
-
-
-def _iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _inside(root: Path, directory: Path) -> Path:
-    """``directory`` resolved, after checking it is ``root`` or below it."""
-    resolved = directory.resolve()
-    if resolved != root and root not in resolved.parents:
-        raise RuntimeError(f"refusing to write outside the output directory: {resolved}")
-    return resolved
-
-
-# ---------------------------------------------------------------------------- files
-
-
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-#: Chunks at least this large (on average) are written one by one rather than joined first:
-#: a system call costs less than copying them.
-_JOIN_BELOW = 32 * 1024
-
-
-def _write_parts(fd: int, parts: Sequence[bytes | memoryview], size: int) -> None:
-    """Write ``parts`` (``size`` bytes) in order: small chunks joined into one ``write`` (one
-    copy, where appending them to a growing ``bytearray`` reallocated and copied it again and
-    again), large ones as they are."""
-    if len(parts) == 1 or size >= _JOIN_BELOW * len(parts):
-        for part in parts:
-            _write_all(fd, part)
-    elif parts:
-        _write_all(fd, b"".join(parts))
-
-
-class _Chunks:
-    """The bytes a stream holds before writing: the chunks themselves (no copy into a growing
-    buffer), written with one ``write``. Supports what a ``bytearray`` was used for here:
-    ``+=``, ``len``, truth, ``clear()``, ``del c[:n]``, ``bytes(c)``."""
-
-    __slots__ = ("parts", "size")
-
-    def __init__(self) -> None:
-        self.parts: list[bytes | memoryview] = []
-        self.size = 0
-
-    def __iadd__(self, data: bytes) -> _Chunks:
-        if data:
-            self.parts.append(data if isinstance(data, bytes) else bytes(data))
-            self.size += len(data)
-        return self
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __bool__(self) -> bool:
-        return self.size > 0
-
-    def __bytes__(self) -> bytes:
-        return b"".join(self.parts)
-
-    def clear(self) -> None:
-        self.parts = []
-        self.size = 0
-
-    def head(self, count: int) -> list[bytes | memoryview]:
-        """The buffers of the first ``count`` bytes."""
-        out: list[bytes | memoryview] = []
-        for part in self.parts:
-            if count <= 0:
-                break
-            if len(part) > count:
-                out.append(memoryview(part)[:count])
-                break
-            out.append(part)
-            count -= len(part)
-        return out
-
-    def __delitem__(self, key: slice) -> None:
-        assert key.start is None and key.step is None and key.stop is not None
-        count = min(key.stop, self.size)
-        self.size -= count
-        parts = self.parts
-        i = 0
-        while count and i < len(parts):
-            size = len(parts[i])
-            if size <= count:
-                count -= size
-                i += 1
-            else:
-                parts[i] = memoryview(parts[i])[count:]
-                count = 0
-        del parts[:i]
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform / filesystem allows it
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _create(path: Path) -> int:
-    """Open a new file for writing; ``FileExistsError`` if anything is there already."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    return os.open(path, flags, 0o644)
-
-
-def _reopen(path: Path) -> int:
-    """Open one of our ``.part`` files again, positioned at its end."""
-    fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-    os.lseek(fd, 0, os.SEEK_END)
-    return fd
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    """A new file with ``data``, fsynced."""
-    fd = _create(path)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(path)  # never leave a half-written file behind
-        raise
-    os.close(fd)
-
-
-def _rename_noreplace(source: Path, target: Path) -> None:
-    """Rename without ever replacing ``target`` (``FileExistsError`` if it exists)."""
-    try:
-        os.link(source, target)
-    except FileExistsError:
-        raise
-    except OSError:
-        # No hard links here (some network and FAT filesystems): check, then rename.
-        if os.path.lexists(target):
-            raise FileExistsError(target) from None
-        os.rename(source, target)
-    else:
-        os.unlink(source)
-
-
-def _replace_json(path: Path, document: dict[str, Any]) -> None:
-    """Write our own sidecar anew (recovery updates it): a temporary file, then a rename."""
-    temporary = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        temporary.unlink()
-    _write_new(temporary, _dumps(document))
-    os.replace(temporary, path)
-
-
-def _dumps(document: dict[str, Any]) -> bytes:
-    return (json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n").encode(
-        "utf-8", "backslashreplace"
-    )
-
-
-def _reserve(directory: Path, stems: Callable[[int], str]) -> tuple[str, int]:
-    """Take the first stem ``stems(0), stems(1)...`` with none of its four files existing.
-
-    Returns the stem and an open descriptor of its new, empty ``.mp4.part``; its
-    ``.json.part`` is created too (empty), so the stem is ours until we rename them.
-    """
-    for n in range(100_000):
-        stem = stems(n)
-        part = directory / f"{stem}.mp4.part"
-        try:
-            fd = _create(part)
-        except FileExistsError:
-            continue
-        try:
-            if not any(os.path.lexists(directory / f"{stem}{s}") for s in (".mp4", ".json")):
-                os.close(_create(directory / f"{stem}.json.part"))
-                return stem, fd
-        except FileExistsError:
-            pass
-        except BaseException:
-            os.close(fd)
-            os.unlink(part)
-            raise
-        os.close(fd)
-        os.unlink(part)
-    raise FileExistsError(f"no free file name in {directory} for {stems(0)!r}")
-
-
-def _numbered(base: str) -> Callable[[int], str]:
-    return lambda n: base if n == 0 else f"{base}_{n}"
-
-
-# ---------------------------------------------------------------------------- measuring
-
-
-class _MediaMeter:
-    """Feeds a stream through :class:`Fmp4Scanner` and turns fragments into media seconds."""
-
-    def __init__(self) -> None:
-        self.scanner = Fmp4Scanner()
-        self.fragments = 0
-        self.seconds = 0.0
-        self.completeness = Completeness()
-        self.entries: list[FragmentEntry] = []
-
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Fmp4Event]:
-        return self._count(self.scanner.feed(data))
-
-    def eof(self) -> list[Fmp4Event]:
-        return self._count(self.scanner.eof())
-
-    def _count(self, events: list[Fmp4Event]) -> list[Fmp4Event]:
-        for event in events:
-            if isinstance(event, FragmentComplete):
-                self.fragments += 1
-                self.seconds += fragment_seconds(self.scanner.tracks, event)
-        return events
-
-
-def fragment_seconds(tracks: Sequence[TrackInfo], fragment: FragmentComplete) -> float:
-    """Media time in a fragment: its video track's sample durations over the track's
-    timescale (the first track's when there is no video; 0 when unknown)."""
-    if not tracks:
-        return 0.0
-    track = next((t for t in tracks if t.handler == "vide"), tracks[0])
-    for run in fragment.tracks:
-        if run.track_id == track.track_id:
-            if run.duration is None or not track.timescale:
-                return 0.0
-            return run.duration / track.timescale
-    return 0.0
-
 
 # ---------------------------------------------------------------------------- recordings
-
-
-@dataclass(frozen=True)
-class FinishedRecording:
-    """A recording on disk, final: its media file, its sidecar, and the sidecar's content."""
-
-    path: Path
-    sidecar_path: Path
-    sidecar: dict[str, Any]
 
 
 FinishCallback = Callable[[FinishedRecording], None]
@@ -392,21 +103,8 @@ _NO_INFO = ConnectionInfo("", "", "", (), False)
 #: Bytes a reconnected stream may hold back while we decide whether it continues.
 MAX_DECIDING_BYTES = 32 * 1024 * 1024
 
-#: ``end_reason`` values of a part that goes on in the next part of the same session.
-CONTINUED = frozenset({"rotated", "new_init"})
 #: ``end_reason`` values after which a stream may come back (a reconnect) within the grace.
 _MAY_RECONNECT = frozenset({"closed", "idle_timeout"})
-
-
-def end_reason(code: int | None, reason: str | None) -> str:
-    """The sidecar's ``end_reason`` for a connection that ended with the stream open."""
-    if code == 1001 and reason == "idle timeout":
-        return "idle_timeout"
-    if code == 1001 and reason == "server shutting down":
-        return "server_shutdown"
-    if code == 1011:
-        return "handler_error"
-    return "closed"
 
 
 def _is_disk_full(exc: BaseException) -> bool:
@@ -452,7 +150,7 @@ class _Piece:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         assert self.fd is not None
         try:
-            _write_all(self.fd, data)
+            durable.write_all(self.fd, data)
         except OSError:
             # What did land is on disk: count it (the sidecar says how much was kept).
             with contextlib.suppress(OSError):
@@ -463,7 +161,7 @@ class _Piece:
     def write_parts(self, parts: Sequence[bytes | memoryview], size: int) -> None:
         assert self.fd is not None
         try:
-            _write_parts(self.fd, parts, size)
+            durable.write_parts(self.fd, parts, size)
         except OSError:
             with contextlib.suppress(OSError):
                 self.bytes = os.fstat(self.fd).st_size
@@ -522,20 +220,20 @@ class _Session:
         """Candidate stems for part ``number``."""
         rotating = self.recorder.rotate_every is not None
         if self.base is None:
-            first = _utc_stamp(self.started_ms or self.recorder.clock())
+            first = utc_stamp(self.started_ms or self.recorder.clock())
 
             def stems(n: int) -> str:
-                return f"{_numbered(first)(n)}_part001" if rotating else _numbered(first)(n)
+                return f"{numbered(first)(n)}_part001" if rotating else numbered(first)(n)
 
             return stems
-        return _numbered(f"{self.base}_part{number:03d}")
+        return numbered(f"{self.base}_part{number:03d}")
 
     def open_piece(self, why: str) -> _Piece:
         now = self.recorder.clock()
         if self.started_ms is None:
             self.started_ms = now
         number = self.next_number
-        stem, fd = _reserve(self.directory, self.stems(number))
+        stem, fd = reserve(self.directory, self.stems(number))
         if self.base is None:
             self.base = stem.removesuffix("_part001")
         self.next_number += 1
@@ -556,13 +254,13 @@ class _Session:
             "version": SIDECAR_VERSION,
             "bot_id": self.key[0] if self.key else None,
             "speaker": self.key[1] if self.key else None,
-            "started_at": _iso(self.started_ms),
+            "started_at": iso(self.started_ms),
             "connections": self.connections,
             "state": "recording" if recording else "finished",
             "verdict": None if recording else worst(v for v in verdicts if isinstance(v, str)),
             "parts": self.parts,
         }
-        _replace_json(path, document)
+        replace_json(path, document)
 
     def part_done(self, recording: FinishedRecording) -> None:
         doc = recording.sidecar
@@ -618,7 +316,7 @@ class _Session:
             self.dormant = None
             code, reason = self.dormant_close
             try:
-                dormant.fd = _reopen(dormant.part_path)
+                dormant.fd = reopen(dormant.part_path)
                 if self.dormant_tail:
                     dormant.write(self.dormant_tail)
                     dormant.torn_tail_bytes = len(self.dormant_tail)
@@ -664,12 +362,12 @@ class _Stream:
         self.start = start
         self.session = session
         self.speaker = (start.speaker_id or start.speaker_name) if start is not None else None
-        self.meter = _MediaMeter()
+        self.meter = MediaMeter()
         self.init_checked = False
         self.rotation_blocked = False
         self.collecting_init = True  # before the first moof / after a new ftyp or moov
         self.position = 0  # stream offset of the next byte to arrive
-        self.pending = _Chunks()
+        self.pending = Chunks()
         self.pending_start = 0  # stream offset of pending[0]
         self._cut: int | None = None  # where the current piece ends, once known
         self.superseded = False
@@ -706,8 +404,8 @@ class _Stream:
         try:
             stub = self._sidecar(piece, ended_ms=None, end="recording", reason=None, clean=None)
             path = piece.directory / f"{piece.stem}.json.part"
-            with open(path, "wb") as f:  # ours: _reserve created it empty a moment ago
-                f.write(_dumps(stub))
+            with open(path, "wb") as f:  # ours: reserve created it empty a moment ago
+                f.write(dumps_json(stub))
             session.write_manifest()
         except OSError:
             os.close(piece.fd or -1)
@@ -817,7 +515,7 @@ class _Stream:
             if self.paused or self.disk_full:
                 piece.lost_fragments += 1  # not in the file: its timeline shows the hole
                 return
-            piece.index.append(_entry(piece.base_offset + event.offset, event))
+            piece.index.append(fragment_entry(piece.base_offset + event.offset, event))
             piece.fragments += 1
             piece.media_seconds += fragment_seconds(self.meter.scanner.tracks, event)
             piece.completeness.add(event)
@@ -960,7 +658,7 @@ class _Stream:
                 session.timer.cancel()
                 session.timer = None
             session.dormant = None
-            dormant.fd = _reopen(dormant.part_path)
+            dormant.fd = reopen(dormant.part_path)
             init = self.meter.scanner.init_segment
             assert init is not None
             dormant.discarded_tail_bytes += len(session.dormant_tail)
@@ -969,7 +667,7 @@ class _Stream:
             dormant.owner = (self.start, self.info)
             if len(dormant.reconnects) < MAX_WARNINGS:
                 dormant.reconnects.append({
-                    "at": _iso(self.recorder.clock()), "after_ms": gap,
+                    "at": iso(self.recorder.clock()), "after_ms": gap,
                     "discarded_tail_bytes": len(session.dormant_tail),
                     "previous_close_code": session.dormant_close[0],
                 })
@@ -1096,109 +794,10 @@ class _Stream:
         code: int | None = None,
         close_reason: str | None = None,
     ) -> dict[str, Any]:
-        return _sidecar(self.start, self.info, self.session, piece, ended_ms=ended_ms, end=end,
+        return build_sidecar(self.start, self.info, self.session, piece, ended_ms=ended_ms, end=end,
                         reason=reason, clean=clean, reported=reported, code=code,
                         close_reason=close_reason)
 
-
-def _verdict(piece: _Piece, reason: str | None, reported: float | None) -> tuple[str, list[str]]:
-    """The part's verdict and why."""
-    why: list[str] = []
-    media = piece.completeness.media_verdict(piece.torn_tail_bytes)
-    if media == TRUNCATED:
-        why.append("the media ends inside a box, or has no init segment" if
-                   piece.completeness.has_init or piece.torn_tail_bytes else "no init segment")
-    if reason is not None and reason not in CONTINUED and reason != "stream_end":
-        why.append(f"the stream did not end: {reason}")
-    done = piece.completeness
-    if done.missing:
-        why.append(f"{done.missing} fragment(s) missing (mfhd sequence numbers)")
-    if done.out_of_order:
-        why.append(f"{done.out_of_order} fragment(s) out of order")
-    if any(t.gaps for t in done.tracks.values()):
-        why.append("timeline gaps")
-    if piece.lost_bytes:
-        why.append(f"{piece.lost_bytes} bytes not written (disk)")
-    if reported is not None and piece.completeness.fragments:
-        tolerance = max(2 * done.max_fragment_seconds, 2.0)
-        if reported - piece.media_seconds > tolerance:
-            why.append(
-                f"video_stream_end reports {reported:.3f}s, the media holds "
-                f"{piece.media_seconds:.3f}s"
-            )
-    truncated = media == TRUNCATED or (
-        reason is not None and reason not in CONTINUED and reason != "stream_end"
-    )
-    if truncated:
-        return TRUNCATED, why
-    return (GAPS if why else COMPLETE), why
-
-
-def _sidecar(
-    start: StreamStarted | None,
-    info: ConnectionInfo,
-    session: _Session,
-    piece: _Piece,
-    *,
-    ended_ms: int | None,
-    end: str,
-    reason: str | None,
-    clean: bool | None,
-    reported: float | None = None,
-    code: int | None = None,
-    close_reason: str | None = None,
-) -> dict[str, Any]:
-    final = ended_ms is not None
-    verdict, why = _verdict(piece, reason, reported) if final else (None, [])
-    completeness = piece.completeness.report(piece.torn_tail_bytes)
-    completeness["reported_duration_seconds"] = reported
-    completeness["duration_difference_seconds"] = (
-        None if reported is None else round(reported - piece.media_seconds, 6)
-    )
-    rotating = session.recorder.rotate_every is not None
-    document: dict[str, Any] = {
-        "version": SIDECAR_VERSION,
-        "file": f"{piece.stem}.mp4",
-        "bot_id": start.bot_id if start is not None else None,
-        "speaker_id": start.speaker_id if start is not None else None,
-        "speaker_name": start.speaker_name if start is not None else None,
-        "start_message": dict(start.raw) if start is not None else None,
-        "peer": info.peer,
-        "path": info.path,
-        "started_at": _iso(piece.started_ms),
-        "started_at_ms": piece.started_ms,
-        "ended_at": _iso(ended_ms),
-        "ended_at_ms": ended_ms,
-        "end": end,
-        "end_reason": reason,
-        "clean": clean,
-        "close_code": code,
-        "close_reason": close_reason,
-        "verdict": verdict,
-        "verdict_reasons": why,
-        "bytes": piece.bytes,
-        "fragments": piece.fragments,
-        "media_duration_seconds": round(piece.media_seconds, 6),
-        "reported_duration_seconds": reported,
-        "completeness": completeness,
-        "pings": piece.pings,
-        "latency_ms": piece.latency_summary(),
-        "warnings": list(piece.warnings),
-        "warnings_dropped": piece.warnings_dropped,
-        "piece": piece.number if rotating else None,
-        "part": piece.number,
-        "started_by": piece.why,
-        "session": None if session.manifest_path is None else session.manifest_path.name,
-        "connections": piece.connections,
-        "reconnects": list(piece.reconnects),
-        "lost_bytes": piece.lost_bytes,
-        "lost_fragments": piece.lost_fragments,
-        "discarded_tail_bytes": piece.discarded_tail_bytes,
-        "ignored_bytes": piece.ignored_bytes,
-        "indexed": False,
-        "recovered": False,
-    }
-    return document
 
 
 class RecordingHandler(Handler):
@@ -1420,9 +1019,9 @@ class Recorder:
         directory = self.root / bot
         if speaker:
             directory /= safe_name(speaker)
-        directory = _inside(self.root, directory)
+        directory = inside(self.root, directory)
         directory.mkdir(parents=True, exist_ok=True)
-        directory = _inside(self.root, directory)
+        directory = inside(self.root, directory)
         while True:
             with self._lock:
                 session = self._sessions.get(key) if key is not None else None
@@ -1480,12 +1079,12 @@ class Recorder:
         if piece is None or not piece.ignored_bytes:
             return
         path = piece.directory / f"{piece.stem}.json"
-        document = _load_json(path)
+        document = load_json(path)
         if document is None:
             return
         document["ignored_bytes"] = piece.ignored_bytes
         with contextlib.suppress(OSError):
-            _replace_json(path, document)
+            replace_json(path, document)
 
     def forget(self, session: _Session) -> None:
         with self._lock:
@@ -1525,7 +1124,7 @@ class Recorder:
             if index and self.index and not piece.torn_tail_bytes and piece.index:
                 try:
                     piece.bytes = finish_index(
-                        fd, piece.bytes, piece.index, _track_ends(piece.completeness)
+                        fd, piece.bytes, piece.index, track_ends(piece.completeness)
                     )
                 except (OSError, ValueError) as exc:
                     log.warning("%s: no index written: %r", piece.stem, exc)
@@ -1540,21 +1139,21 @@ class Recorder:
                 metrics.streams_active.dec()
         ended_ms = self.clock()
         final = piece.directory / f"{piece.stem}.mp4"
-        _rename_noreplace(piece.part_path, final)
+        rename_noreplace(piece.part_path, final)
         start, info = piece.owner
-        sidecar = _sidecar(
+        sidecar = build_sidecar(
             start, info, session, piece, ended_ms=ended_ms, end=end, reason=reason,
             clean=clean, reported=reported, code=code, close_reason=close_reason,
         )
         sidecar["indexed"] = piece.indexed
         sidecar_path = piece.directory / f"{piece.stem}.json"
-        _write_new(sidecar_path, _dumps(sidecar))
+        write_new(sidecar_path, dumps_json(sidecar))
         recording = FinishedRecording(final, sidecar_path, sidecar)
         if self.journal is not None:
             self.journal.add(recording)
         with contextlib.suppress(FileNotFoundError):
             (piece.directory / f"{piece.stem}.json.part").unlink()
-        _fsync_dir(piece.directory)
+        fsync_dir(piece.directory)
         session.part_done(recording)
         with contextlib.suppress(OSError):
             session.write_manifest()
@@ -1593,249 +1192,3 @@ class Recorder:
             except Exception as exc:
                 log.error("on_finish failed for %s: %r", recording.path, exc, exc_info=exc)
 
-
-# ---------------------------------------------------------------------------- recovery
-
-
-def _leftovers(root: Path) -> Iterator[tuple[Path, str, bool]]:
-    """``(directory, stem, media_renamed)`` for each unfinished recording under ``root``."""
-    seen: set[tuple[Path, str]] = set()
-    for part in sorted(root.rglob("*.mp4.part")):
-        key = (part.parent, part.name.removesuffix(".mp4.part"))
-        seen.add(key)
-        yield key[0], key[1], False
-    for part in sorted(root.rglob("*.json.part")):
-        key = (part.parent, part.name.removesuffix(".json.part"))
-        if key not in seen and (key[0] / f"{key[1]}.mp4").is_file():
-            yield key[0], key[1], True
-
-
-def _load_json(path: Path) -> dict[str, Any] | None:
-    try:
-        document = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    return document if isinstance(document, dict) else None
-
-
-def _scan_file(path: Path) -> _MediaMeter:
-    """A file fed through the scanner."""
-    meter = _MediaMeter()
-
-    def take(events: list[Fmp4Event]) -> None:
-        for event in events:
-            meter.completeness.add(event)
-            if isinstance(event, FragmentComplete):
-                meter.entries.append(_entry(event.offset, event))
-
-    with open(path, "rb") as f:
-        while chunk := f.read(_SCAN_READ):
-            take(meter.feed(chunk))
-    take(meter.eof())
-    return meter
-
-
-def _entry(offset: int, event: FragmentComplete) -> FragmentEntry:
-    return FragmentEntry(
-        offset,
-        tuple(
-            (run.track_id, number, run.base_decode_time)
-            for number, run in enumerate(event.tracks, 1)
-            if run.base_decode_time is not None
-        ),
-    )
-
-
-def _track_ends(completeness: Completeness) -> dict[int, tuple[int, int]]:
-    return {
-        t.info.track_id: (t.end, t.info.timescale)
-        for t in completeness.tracks.values()
-        if t.end is not None
-    }
-
-
-def recover(
-    output_dir: str | os.PathLike[str],
-    *,
-    clock: Callable[[], int] = now_ms,
-    metrics: Metrics | None = None,
-    journal: Journal | None = None,
-    index: bool = False,
-) -> list[FinishedRecording]:
-    """Finish the recordings a crash left as ``.part`` files under ``output_dir``.
-
-    Each ``.mp4.part`` is cut back to the end of its last complete fragment (found by feeding
-    it through :class:`Fmp4Scanner`), fsynced and renamed to ``.mp4``; its sidecar is written
-    from the ``.json.part`` left at the start of the stream, with ``"recovered": true``. A
-    file with no complete fragment is kept whole. Run it before the server starts: it assumes
-    nothing else is writing under ``output_dir``.
-    """
-    root = Path(output_dir).resolve()
-    done: list[FinishedRecording] = []
-    for directory, stem, renamed in _leftovers(root):
-        try:
-            recording = _recover_one(directory, stem, renamed, clock(), journal, index)
-        except OSError as exc:
-            if metrics is not None:
-                metrics.errors.inc(label="disk")
-            log.error("could not recover %s/%s: %r", directory, stem, exc)
-        else:
-            done.append(recording)
-            if metrics is not None:
-                metrics.verdicts.inc(label=recording.sidecar["verdict"])
-    _recover_manifests(root, done, clock())
-    return done
-
-
-def _recover_manifests(root: Path, done: list[FinishedRecording], now: int) -> None:
-    """Close the session manifests a crash left in state ``recording``: each part gets what
-    its sidecar says (state ``recovered`` for the parts just recovered), the manifest state
-    ``recovered``, ``recovered_parts`` the file names of the recovered parts."""
-    recovered = {r.path.resolve(): r for r in done}
-    for path in sorted(root.rglob("*.session.json")):
-        document = _load_json(path)
-        if document is None:
-            continue
-        parts = document.get("parts")
-        if not isinstance(parts, list):
-            parts = []
-        if document.get("state") != "recording" and not any(
-            isinstance(e, dict) and e.get("state") == "recording" for e in parts
-        ):
-            continue
-        names: list[str] = []
-        for entry in parts:
-            if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
-                continue
-            media = path.parent / entry["file"]
-            recording = recovered.get(media.resolve())
-            sidecar = recording.sidecar if recording is not None else None
-            if sidecar is None and entry.get("state") == "recording":
-                sidecar = _load_json(media.with_suffix(".json"))
-                if sidecar is not None and sidecar.get("verdict") is None:
-                    sidecar = None
-            if sidecar is None:
-                if entry.get("state") == "recording":
-                    entry["state"] = "lost" if not media.exists() else "unknown"
-                continue
-            entry.update(
-                state="recovered" if recording is not None else "finished",
-                sidecar=media.with_suffix(".json").name, verdict=sidecar.get("verdict"),
-                end_reason=sidecar.get("end_reason"), bytes=sidecar.get("bytes"),
-                fragments=sidecar.get("fragments"),
-                media_duration_seconds=sidecar.get("media_duration_seconds"),
-                ended_at=sidecar.get("ended_at"),
-            )
-            if recording is not None:
-                names.append(entry["file"])
-        verdicts = [e.get("verdict") for e in parts if isinstance(e, dict)]
-        if any(isinstance(e, dict) and e.get("state") in ("lost", "unknown") for e in parts):
-            verdicts.append(TRUNCATED)
-        document.update(
-            state="recovered",
-            verdict=worst(v for v in verdicts if isinstance(v, str)),
-            recovered_parts=names,
-            recovered_at=_iso(now),
-        )
-        try:
-            _replace_json(path, document)
-        except OSError as exc:
-            log.error("could not update the manifest %s: %r", path, exc)
-        else:
-            log.warning("recovered the session manifest %s (%d part(s) recovered)", path,
-                        len(names))
-
-
-def _recover_one(
-    directory: Path, stem: str, renamed: bool, now: int, journal: Journal | None, index: bool
-) -> FinishedRecording:
-    part = directory / f"{stem}.mp4.part"
-    if renamed:
-        # Crashed after the sidecar was written, before the hooks were journaled.
-        done = _load_json(directory / f"{stem}.json")
-        if done is not None and done.get("verdict") is not None:
-            recording = FinishedRecording(directory / f"{stem}.mp4", directory / f"{stem}.json",
-                                          done)
-            if journal is not None:
-                journal.add(recording)
-            with contextlib.suppress(FileNotFoundError):
-                (directory / f"{stem}.json.part").unlink()
-            return recording
-    media = directory / f"{stem}.mp4" if renamed else part
-    size = media.stat().st_size
-    modified_ms = media.stat().st_mtime_ns // 1_000_000
-    meter = _scan_file(media)
-    fragments, seconds = meter.fragments, meter.seconds
-    end = meter.scanner.last_complete_fragment_end
-    warnings: list[dict[str, str]] = []
-    cut = 0
-    # A finalized (renamed) file is cut only when it ends inside a box (a disk that filled up
-    # mid-fragment): an index appended after its last fragment stays.
-    torn = meter.completeness.torn_at is not None
-    if end > 0 and (not renamed or torn):
-        cut = size - end
-        if cut:
-            os.truncate(media, end)
-    elif not renamed:
-        warnings.append(
-            {
-                "source": "recorder",
-                "kind": "no_complete_fragment",
-                "message": "no complete fragment found: the file was kept whole",
-            }
-        )
-    indexed = False
-    fd = os.open(media, os.O_RDWR)
-    try:
-        if index and (not renamed or torn) and end > 0 and meter.entries:
-            with contextlib.suppress(OSError, ValueError):
-                finish_index(fd, end, meter.entries, _track_ends(meter.completeness))
-                indexed = True
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if not renamed:
-        final = directory / f"{stem}.mp4"
-        _rename_noreplace(part, final)
-    else:
-        final = media
-    sidecar_path = directory / f"{stem}.json"
-    document = _load_json(sidecar_path) or _load_json(directory / f"{stem}.json.part") or {}
-    previous = document.get("warnings")
-    completeness = meter.completeness.report(0)
-    completeness["reported_duration_seconds"] = None
-    completeness["duration_difference_seconds"] = None
-    document.update(
-        {
-            "version": SIDECAR_VERSION,
-            "file": final.name,
-            "end_reason": "crash",
-            "verdict": TRUNCATED,
-            "verdict_reasons": ["the receiver stopped before the stream ended (crash)"],
-            "completeness": completeness,
-            "ended_at": document.get("ended_at") or _iso(modified_ms),
-            "ended_at_ms": document.get("ended_at_ms") or modified_ms,
-            "end": "crash",
-            "clean": False,
-            "bytes": final.stat().st_size,
-            "fragments": fragments,
-            "media_duration_seconds": round(seconds, 6),
-            "recovered": True,
-            "indexed": indexed,
-            "recovered_at": _iso(now),
-            "recovered_cut_bytes": cut,
-            "warnings": (previous if isinstance(previous, list) else []) + warnings,
-        }
-    )
-    _replace_json(sidecar_path, document)
-    recording = FinishedRecording(final, sidecar_path, document)
-    if journal is not None:
-        journal.add(recording)
-    with contextlib.suppress(FileNotFoundError):
-        (directory / f"{stem}.json.part").unlink()
-    _fsync_dir(directory)
-    log.warning(
-        "recovered %s: %d bytes, %d fragments, cut %d bytes", final, document["bytes"],
-        fragments, cut,
-    )
-    return recording

@@ -29,12 +29,14 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 from meetstream_live import ServerConfig, __version__, parse_ws_url, unmask_backend
-
-from ._common import JOINED_BYTES_TUNED, HandlerFactory, ServerOptions, tune_allocator
-from .diskguard import DiskGuard, apply_retention
-from .hooks import HookRunner, Journal
-from .metrics import HTTP_PATHS, Metrics
-from .recorder import FinishedRecording, Recorder, recover
+from meetstream_live.adapters import HandlerFactory, ServerOptions, tune_allocator
+from meetstream_live.adapters._common import JOINED_BYTES_TUNED
+from meetstream_live.adapters.recording.diskguard import DiskGuard, apply_retention
+from meetstream_live.adapters.recording.hooks import HookRunner, Journal
+from meetstream_live.adapters.recording.metrics import HTTP_PATHS, Metrics
+from meetstream_live.adapters.recording.recorder import Recorder
+from meetstream_live.adapters.recording.recovery import recover
+from meetstream_live.adapters.recording.sidecar import FinishedRecording
 
 __all__ = ["main", "parse_duration"]
 
@@ -179,7 +181,7 @@ def _adapter_run(name: str) -> Callable[..., None]:
         if name == "uvloop":
             import uvloop  # noqa: F401
 
-            from . import asyncio as asyncio_adapter
+            from meetstream_live.adapters import asyncio as asyncio_adapter
 
             def run_uvloop(*args: Any, **kwargs: Any) -> None:
                 asyncio_adapter.run(*args, use_uvloop=True, **kwargs)
@@ -187,7 +189,7 @@ def _adapter_run(name: str) -> Callable[..., None]:
             return run_uvloop
         if name == "trio":
             import trio  # noqa: F401
-        module = __import__(f"{__package__}.{name}", fromlist=["run"])
+        module = __import__(f"meetstream_live.adapters.{name}", fromlist=["run"])
     except ImportError as exc:
         hint = hints.get(name, "")
         raise UsageError(
@@ -234,7 +236,7 @@ def _disk_guard(args: argparse.Namespace, output: Path, metrics: Metrics) -> Dis
 
 
 def _require_remux() -> None:
-    from .remux import RemuxUnavailable, require
+    from meetstream_live.adapters.recording.remux import RemuxUnavailable, require
 
     try:
         require()
@@ -424,7 +426,8 @@ def _serve_workers(args: argparse.Namespace, environ: Mapping[str, str], output:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .verify import COMPLETE, format_report, verify_file
+    from meetstream_live.adapters.recording.meter import COMPLETE
+    from meetstream_live.adapters.recording.verify import format_report, verify_file
 
     status = 0
     for name in args.files:
@@ -835,7 +838,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError):
-        sys.exit(main())

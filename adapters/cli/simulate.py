@@ -36,10 +36,10 @@ from meetstream_live import (
     ProtocolWarning,
     parse_ws_url,
 )
-
-from ._common import HandshakeFailed, now_ms
-from .asyncio import AsyncioBot
-from .recorder import fragment_seconds
+from meetstream_live.adapters import HandshakeFailed
+from meetstream_live.adapters._common import now_ms
+from meetstream_live.adapters.asyncio import AsyncioBot
+from meetstream_live.adapters.recording.meter import fragment_seconds
 
 __all__ = [
     "CHAOS",

@@ -1,31 +1,24 @@
-"""Completeness of a fragmented MP4, measured from the media itself.
+"""The media meter: what the fMP4 of a stream says about itself, from the scanner's events.
 
-MeetStream's binary chunks carry no sequence numbers, so the only evidence that a recording
-holds the whole stream is inside the fMP4: the ``mfhd`` sequence number of every fragment and,
-per track, the ``tfdt`` decode time and the ``trun`` sample durations. :class:`Completeness`
-is fed the events of :class:`~meetstream_live.Fmp4Scanner` (no I/O, bounded memory: a few
-numbers per track and at most :data:`MAX_GAP_DETAILS` gap records) and says:
+:class:`MediaMeter` feeds a stream through :class:`~meetstream_live.fmp4.Fmp4Scanner` and counts
+fragments and media seconds; :class:`Completeness` is fed the scanner's events (no I/O, bounded
+memory: a few numbers per track and at most :data:`MAX_GAP_DETAILS` gap records) and says:
 
-* how many fragments there are, how many are missing (forward jumps of the sequence number
-  not filled later) and how many arrived out of order;
+* how many fragments there are, how many are missing (forward jumps of the ``mfhd`` sequence
+  number not filled later) and how many arrived out of order;
 * per track, how much media there is, and where its timeline jumps (a ``tfdt`` later than the
   end of the previous fragment of that track: a gap; earlier: an overlap);
 * whether the bytes end with a torn box (a crash, a cut upload);
 * a verdict: ``complete``, ``gaps`` or ``truncated``.
-
-:func:`verify_file` runs it over a file on disk (any fMP4, or a plain MP4, which has no
-fragments and is reported as such); ``meetstream-live verify FILE...`` prints the result.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from meetstream_live import (
-    BoxSeen,
     Fmp4Event,
     Fmp4Scanner,
     FragmentComplete,
@@ -34,15 +27,19 @@ from meetstream_live import (
     TrackInfo,
 )
 
+from .mp4index import FragmentEntry
+
 __all__ = [
     "COMPLETE",
     "GAPS",
     "MAX_GAP_DETAILS",
+    "MIN_GAP_MS",
     "TRUNCATED",
     "Completeness",
-    "FileReport",
-    "format_report",
-    "verify_file",
+    "MediaMeter",
+    "fragment_entry",
+    "fragment_seconds",
+    "track_ends",
     "worst",
 ]
 
@@ -267,88 +264,56 @@ class Completeness:
         }
 
 
-# ---------------------------------------------------------------------------- files
+class MediaMeter:
+    """Feeds a stream through :class:`Fmp4Scanner` and turns fragments into media seconds."""
 
+    def __init__(self) -> None:
+        self.scanner = Fmp4Scanner()
+        self.fragments = 0
+        self.seconds = 0.0
+        self.completeness = Completeness()
+        self.entries: list[FragmentEntry] = []
 
-@dataclass(frozen=True)
-class FileReport:
-    """:func:`verify_file`'s answer: one report per part (each init segment starts one)."""
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Fmp4Event]:
+        return self._count(self.scanner.feed(data))
 
-    path: Path
-    size: int
-    verdict: str
-    parts: list[dict[str, Any]]
-    plain_mp4: bool = False
-    boxes: int = 0
+    def eof(self) -> list[Fmp4Event]:
+        return self._count(self.scanner.eof())
 
-
-def verify_file(path: str | Path) -> FileReport:
-    """Scan ``path`` and report its completeness, part by part.
-
-    A plain (non-fragmented) MP4 has a ``moov`` with samples and no ``moof``: it is reported
-    ``complete`` with ``plain_mp4`` set when its ``mdat`` is whole (``truncated`` otherwise).
-    """
-    path = Path(path)
-    scanner = Fmp4Scanner()
-    parts: list[Completeness] = []
-    current = Completeness()
-    boxes = 0
-    moofs = 0
-    collecting = True
-
-    def take(events: list[Fmp4Event]) -> None:
-        nonlocal current, boxes, moofs, collecting
+    def _count(self, events: list[Fmp4Event]) -> list[Fmp4Event]:
         for event in events:
-            if isinstance(event, BoxSeen):
-                boxes += 1
-                if event.type == "moof":
-                    moofs += 1
-                    collecting = False
-                elif event.type in ("ftyp", "moov") and not collecting:
-                    collecting = True
-                    parts.append(current)
-                    current = Completeness()
-            elif isinstance(event, InitSegment):
-                collecting = False
-            current.add(event)
+            if isinstance(event, FragmentComplete):
+                self.fragments += 1
+                self.seconds += fragment_seconds(self.scanner.tracks, event)
+        return events
 
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_READ):
-            size += len(chunk)
-            take(scanner.feed(chunk))
-    take(scanner.eof())
-    parts.append(current)
-    plain = moofs == 0 and current.has_init
-    reports: list[dict[str, Any]] = []
-    for index, part in enumerate(parts):
-        last = index == len(parts) - 1
-        report = part.report(part.torn_bytes(size))
-        if plain and last and part.fatal is None:
-            report["verdict"] = COMPLETE
-        reports.append(report)
-    return FileReport(
-        path, size, worst(r["verdict"] for r in reports), reports, plain_mp4=plain, boxes=boxes
+
+def fragment_seconds(tracks: Sequence[TrackInfo], fragment: FragmentComplete) -> float:
+    """Media time in a fragment: its video track's sample durations over the track's
+    timescale (the first track's when there is no video; 0 when unknown)."""
+    if not tracks:
+        return 0.0
+    track = next((t for t in tracks if t.handler == "vide"), tracks[0])
+    for run in fragment.tracks:
+        if run.track_id == track.track_id:
+            if run.duration is None or not track.timescale:
+                return 0.0
+            return run.duration / track.timescale
+    return 0.0
+
+def fragment_entry(offset: int, event: FragmentComplete) -> FragmentEntry:
+    return FragmentEntry(
+        offset,
+        tuple(
+            (run.track_id, number, run.base_decode_time)
+            for number, run in enumerate(event.tracks, 1)
+            if run.base_decode_time is not None
+        ),
     )
 
-
-def format_report(report: FileReport) -> str:
-    """A few human lines for ``meetstream-live verify``."""
-    lines = [f"{report.path}: {report.verdict.upper()} ({report.size} bytes"
-             + (", plain MP4)" if report.plain_mp4 else ")")]
-    for n, part in enumerate(report.parts, 1):
-        tracks = ", ".join(
-            f"{t['handler']} {t['duration_seconds']:.3f}s"
-            + (f" gaps {t['gaps']} ({t['gap_ms']:.0f} ms)" if t["gaps"] else "")
-            + (f" overlaps {t['overlaps']}" if t["overlaps"] else "")
-            for t in part["tracks"]
-        )
-        lines.append(
-            f"  part {n}: {part['verdict']}, {part['fragments']} fragments "
-            f"(seq {part['first_sequence_number']}..{part['last_sequence_number']}, "
-            f"dropped {part['dropped_fragments']}, out of order "
-            f"{part['out_of_order_fragments']}), {tracks or 'no tracks'}"
-            + (f", torn tail {part['torn_tail_bytes']} bytes" if part["torn_tail_bytes"] else "")
-            + (f", fatal: {part['fatal']}" if part["fatal"] else "")
-        )
-    return "\n".join(lines)
+def track_ends(completeness: Completeness) -> dict[int, tuple[int, int]]:
+    return {
+        t.info.track_id: (t.end, t.info.timescale)
+        for t in completeness.tracks.values()
+        if t.end is not None
+    }
