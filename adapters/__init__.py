@@ -12,6 +12,7 @@ All of them take the same :class:`Handler` (what happens to a stream) and
 from __future__ import annotations
 
 from ._common import (
+    Backlog,
     ConnectionInfo,
     Handler,
     HandlerFactory,
@@ -23,6 +24,7 @@ from ._common import (
 )
 
 __all__ = [
+    "Backlog",
     "ConnectionInfo",
     "HTTPAnswer",
     "HTTPHandler",

@@ -13,6 +13,7 @@ import ctypes
 import logging
 import ssl
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ __all__ = [
     "READ_SIZE_SHRINK_AFTER",
     "READ_SIZE_START",
     "AsyncBotSends",
+    "Backlog",
     "ConnectionDriver",
     "ConnectionInfo",
     "HTTPAnswer",
@@ -78,6 +80,69 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class Backlog:
+    """The bytes of one connection's media that its handler holds and has not finished with
+    (queued for a thread, for a sink, for a disk): while they are over :attr:`limit`, the
+    adapter stops reading the bot's socket (backpressure), and reads again once they are
+    back at or below it. Thread-safe: :meth:`add` and :meth:`done` may be called from any
+    thread; the adapter's wake-up (:attr:`on_below`) is called from the thread whose
+    :meth:`done` brought the backlog down, and must itself be thread-safe.
+
+    A handler that hands media to other threads (the recorder's sinks) calls :meth:`add`
+    when it queues bytes and :meth:`done` when they are written; the adapter asks
+    :meth:`should_pause` after each batch it delivered.
+    """
+
+    __slots__ = ("_lock", "_paused", "bytes", "limit", "on_below")
+
+    def __init__(self, limit: int | None = None) -> None:
+        #: Above this many bytes the connection is not read (``None``: never paused).
+        self.limit = limit
+        self.bytes = 0
+        #: Called once the backlog is back at or below the limit after :meth:`should_pause`
+        #: said True (set by the adapter).
+        self.on_below: Callable[[], None] | None = None
+        self._paused = False
+        self._lock = threading.Lock()
+
+    def add(self, size: int) -> None:
+        with self._lock:
+            self.bytes += size
+
+    def done(self, size: int) -> None:
+        with self._lock:
+            self.bytes -= size
+            wake = self._paused and (self.limit is None or self.bytes <= self.limit)
+            if wake:
+                self._paused = False
+        if wake and self.on_below is not None:
+            self.on_below()
+
+    @property
+    def over(self) -> bool:
+        limit = self.limit
+        return limit is not None and self.bytes > limit
+
+    def should_pause(self) -> bool:
+        """True if reading must stop now; :attr:`on_below` is then called once it may go
+        on."""
+        with self._lock:
+            limit = self.limit
+            if limit is None or self.bytes <= limit:
+                return False
+            self._paused = True
+            return True
+
+    def release(self) -> None:
+        """Stop pausing for good (the connection is closing: what is queued is not waited
+        for); wakes a paused reader."""
+        with self._lock:
+            self.limit = None
+            wake, self._paused = self._paused, False
+        if wake and self.on_below is not None:
+            self.on_below()
+
+
 def _no_close(code: int, reason: str) -> None:
     """The default :attr:`ConnectionInfo.close`: nothing to close (an info made by hand)."""
 
@@ -95,6 +160,9 @@ class ConnectionInfo:
     #: no-op once closed. It returns at once: the close frame goes out from the adapter's own
     #: loop (or connection thread), and the handler still gets ``on_disconnect``.
     close: Callable[[int, str], None] = field(default=_no_close, compare=False, repr=False)
+    #: The connection's :class:`Backlog`: a handler that queues media elsewhere counts it
+    #: there, so that the bot's socket is not read while too much waits (see :class:`Backlog`).
+    backlog: Backlog = field(default_factory=Backlog, compare=False, repr=False)
 
 
 class Handler:

@@ -135,7 +135,11 @@ _TFHD_DEFAULT_FLAGS: Final = 0x000020
 _TRUN_DATA_OFFSET: Final = 0x000001
 _TRUN_FIRST_SAMPLE_FLAGS: Final = 0x000004
 _TRUN_SAMPLE_DURATION: Final = 0x000100
+_TRUN_SAMPLE_SIZE: Final = 0x000200
+_TRUN_SAMPLE_FLAGS: Final = 0x000400
 _TRUN_SAMPLE_FIELDS: Final = 0x000F00  # duration, size, flags, composition time offset
+# sample flags (ISO/IEC 14496-12 8.8.3.1)
+_SAMPLE_IS_NON_SYNC: Final = 0x00010000
 
 
 # ------------------------------------------------------------------------------------- events
@@ -197,12 +201,17 @@ class TrackRun:
     timescale: per-sample durations when present, else ``sample_count`` times the ``tfhd``
     default, else times the ``trex`` default of the current init segment; ``None`` when some
     samples have no known duration. ``sample_count`` sums the ``trun`` sample counts.
+    ``starts_with_sync`` says whether the first sample is a sync sample (a keyframe, for
+    video): from the ``sample_is_non_sync_sample`` bit of its flags (the ``trun``'s
+    ``first_sample_flags``, else its per-sample flags, else the ``tfhd`` default, else the
+    ``trex`` default); ``None`` when no flags say, or the run has no samples.
     """
 
     track_id: int
     base_decode_time: int | None
     duration: int | None
     sample_count: int
+    starts_with_sync: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,13 +334,13 @@ def _parse_trak(buf: bytes, start: int, payload: int, end: int) -> tuple[int, st
 
 def _parse_moov(
     buf: bytes, payload: int
-) -> tuple[tuple[TrackInfo, ...], dict[int, int], _Bad | None]:
+) -> tuple[tuple[TrackInfo, ...], dict[int, tuple[int, int]], _Bad | None]:
     """Tracks and ``trex`` default durations of the moov box whose payload is ``buf[payload:]``.
 
     On a problem, returns the tracks parsed before it and the problem.
     """
     traks: list[tuple[int, str, int]] = []
-    trex: dict[int, int] = {}
+    trex: dict[int, tuple[int, int]] = {}
     bad: _Bad | None = None
     try:
         for typ, s, p, e in _children(buf, payload, len(buf)):
@@ -343,17 +352,27 @@ def _parse_moov(
                         # track_ID(4) default_sample_description_index(4) default_duration(4)
                         # default_size(4) default_flags(4)
                         _full_box(buf, s2, p2, e2, 20)
-                        trex[_U32.unpack_from(buf, p2 + 4)[0]] = _U32.unpack_from(buf, p2 + 12)[0]
+                        trex[_U32.unpack_from(buf, p2 + 4)[0]] = (
+                            _U32.unpack_from(buf, p2 + 12)[0],
+                            _U32.unpack_from(buf, p2 + 20)[0],
+                        )
     except _Bad as exc:
         bad = exc
-    tracks = tuple(TrackInfo(tid, handler, ts, trex.get(tid)) for tid, handler, ts in traks)
+    tracks = tuple(
+        TrackInfo(tid, handler, ts, trex[tid][0] if tid in trex else None)
+        for tid, handler, ts in traks
+    )
     return tracks, trex, bad
 
 
-def _parse_traf(buf: bytes, start: int, payload: int, end: int, trex: dict[int, int]) -> TrackRun:
+def _parse_traf(
+    buf: bytes, start: int, payload: int, end: int, trex: dict[int, tuple[int, int]]
+) -> TrackRun:
     """The :class:`TrackRun` of a ``traf``."""
     track_id: int | None = None
     default_duration: int | None = None
+    default_flags: int | None = None
+    first_flags: int | None = None  # the flags of the fragment's first sample, when a trun says
     base_decode_time: int | None = None
     runs: list[tuple[int, int | None]] = []  # (sample_count, their duration if per-sample)
     for typ, s, p, e in _children(buf, payload, end):
@@ -365,11 +384,14 @@ def _parse_traf(buf: bytes, start: int, payload: int, end: int, trex: dict[int, 
             at = p + 4 + need  # where default_sample_duration is, when present
             need += 4 if flags & _TFHD_DEFAULT_DURATION else 0
             need += 4 if flags & _TFHD_DEFAULT_SIZE else 0
+            flags_at = p + 4 + need  # where default_sample_flags is, when present
             need += 4 if flags & _TFHD_DEFAULT_FLAGS else 0
             _full_box(buf, s, p, e, need)
             track_id = _U32.unpack_from(buf, p + 4)[0]
             if flags & _TFHD_DEFAULT_DURATION:
                 default_duration = _U32.unpack_from(buf, at)[0]
+            if flags & _TFHD_DEFAULT_FLAGS:
+                default_flags = _U32.unpack_from(buf, flags_at)[0]
         elif typ == b"tfdt":
             if _versioned(buf, s, p, e, 4, 8) == 1:
                 base_decode_time = _U64.unpack_from(buf, p + 4)[0]
@@ -380,10 +402,17 @@ def _parse_traf(buf: bytes, start: int, payload: int, end: int, trex: dict[int, 
             count: int = _U32.unpack_from(buf, p + 4)[0]
             q = p + 8
             q += 4 if flags & _TRUN_DATA_OFFSET else 0
+            first_at = q  # where first_sample_flags is, when present
             q += 4 if flags & _TRUN_FIRST_SAMPLE_FLAGS else 0
             words = (flags & _TRUN_SAMPLE_FIELDS).bit_count()  # 32-bit fields per sample
             if q + count * words * 4 > e:
                 raise _Bad(s, f"trun of {e - s} bytes is too short for {count} samples")
+            if flags & _TRUN_FIRST_SAMPLE_FLAGS and not runs and count:
+                first_flags = _U32.unpack_from(buf, first_at)[0]
+            if first_flags is None and not runs and count and flags & _TRUN_SAMPLE_FLAGS:
+                # The flags field follows duration and size, when those are present.
+                before = (flags & (_TRUN_SAMPLE_DURATION | _TRUN_SAMPLE_SIZE)).bit_count()
+                first_flags = _U32.unpack_from(buf, q + 4 * before)[0]
             if flags & _TRUN_SAMPLE_DURATION:
                 # The duration is the first field of each sample record.
                 values = struct.unpack_from(f">{count * words}I", buf, q)
@@ -392,8 +421,14 @@ def _parse_traf(buf: bytes, start: int, payload: int, end: int, trex: dict[int, 
                 runs.append((count, None))
     if track_id is None:
         raise _Bad(start, "traf without tfhd")
-    if default_duration is None:
-        default_duration = trex.get(track_id)
+    defaults = trex.get(track_id)
+    if default_duration is None and defaults is not None:
+        default_duration = defaults[0]
+    if first_flags is None and any(count > 0 for count, _ in runs):
+        if default_flags is not None:
+            first_flags = default_flags
+        elif defaults is not None:
+            first_flags = defaults[1]
     duration: int | None = 0
     sample_count = 0
     for count, run_duration in runs:
@@ -401,11 +436,12 @@ def _parse_traf(buf: bytes, start: int, payload: int, end: int, trex: dict[int, 
         if run_duration is None and default_duration is not None:
             run_duration = count * default_duration
         duration = None if duration is None or run_duration is None else duration + run_duration
-    return TrackRun(track_id, base_decode_time, duration, sample_count)
+    sync = None if first_flags is None else not first_flags & _SAMPLE_IS_NON_SYNC
+    return TrackRun(track_id, base_decode_time, duration, sample_count, sync)
 
 
 def _parse_moof(
-    buf: bytes, payload: int, trex: dict[int, int]
+    buf: bytes, payload: int, trex: dict[int, tuple[int, int]]
 ) -> tuple[int | None, tuple[TrackRun, ...], _Bad | None]:
     """The ``mfhd`` sequence number and the track runs of the moof box ``buf`` (payload at
     ``payload``). On a problem, returns what was parsed before it and the problem."""
@@ -494,7 +530,7 @@ class Fmp4Scanner:
         self._init_start = 0
         self._init_segment: InitSegment | None = None
         self._tracks: tuple[TrackInfo, ...] = ()
-        self._trex: dict[int, int] = {}
+        self._trex: dict[int, tuple[int, int]] = {}
         # The last complete moof waiting for its mdat: (offset, sequence_number, track runs).
         self._pending: tuple[int, int | None, tuple[TrackRun, ...]] | None = None
         self._mdat_completes = False  # the current box is an mdat that ends a fragment

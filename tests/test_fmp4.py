@@ -497,9 +497,9 @@ def test_synthetic_stream() -> None:
     frags = fragments(events)
     assert [f.sequence_number for f in frags] == [1, 2, 3]
     assert [f.tracks for f in frags] == [
-        (TrackRun(1, 0, 1536, 3),),
-        (TrackRun(1, 1536, 1536, 3),),
-        (TrackRun(1, 3072, 1536, 3),),
+        (TrackRun(1, 0, 1536, 3, True),),
+        (TrackRun(1, 1536, 1536, 3, True),),
+        (TrackRun(1, 3072, 1536, 3, True),),
     ]
     assert scanner.last_complete_fragment_end == len(data)
 
@@ -632,7 +632,7 @@ def test_to_end_mdat_completes_the_fragment_at_eof() -> None:
     tail = scanner.eof()
     assert tail == [
         FragmentComplete(
-            0, len(init_segment()), len(data) - len(init_segment()), 1, (TrackRun(1, 0, 1536, 3),)
+            0, len(init_segment()), len(data) - len(init_segment()), 1, (TrackRun(1, 0, 1536, 3, True),)
         )
     ]
     assert scanner.last_complete_fragment_end == len(data)
@@ -834,13 +834,13 @@ def one_fragment(*trafs: bytes, seq: int = 1, **trex_defaults: int) -> list[Fmp4
 def test_trun_with_per_sample_durations() -> None:
     events = one_fragment(traf(tfhd(1, 999), tfdt(10), trun(3, [100, 200, 300])))
     assert not malformed(events)
-    assert fragments(events)[0].tracks == (TrackRun(1, 10, 600, 3),)
+    assert fragments(events)[0].tracks == (TrackRun(1, 10, 600, 3, True),)
 
 
 def test_trun_with_every_sample_field() -> None:
     t = trun(4, [1, 2, 3, 4], sizes=True, sample_flags=True, cts=True, first_flags=True)
     events = one_fragment(traf(tfhd(1), t))
-    assert fragments(events)[0].tracks == (TrackRun(1, None, 10, 4),)
+    assert fragments(events)[0].tracks == (TrackRun(1, None, 10, 4, True),)
 
 
 def test_trun_durations_from_tfhd_default() -> None:
@@ -849,22 +849,33 @@ def test_trun_durations_from_tfhd_default() -> None:
     )
     events = one_fragment(traf(t, tfdt(5, version=0), trun(7, sizes=False, data_offset=False)))
     assert not malformed(events)
-    assert fragments(events)[0].tracks == (TrackRun(1, 5, 7 * 512, 7),)
+    assert fragments(events)[0].tracks == (TrackRun(1, 5, 7 * 512, 7, False),)
 
 
 def test_trun_durations_from_trex_default() -> None:
     events = one_fragment(traf(tfhd(2, default_flags=True), tfdt(2**40), trun(5)), audio_trex=1024)
-    assert fragments(events)[0].tracks == (TrackRun(2, 2**40, 5 * 1024, 5),)
+    assert fragments(events)[0].tracks == (TrackRun(2, 2**40, 5 * 1024, 5, False),)
+
+
+def test_sync_sample_from_per_sample_flags() -> None:
+    """The first sample's own flags (after its duration and size) say it is not a sync sample;
+    an empty run says nothing."""
+    events = one_fragment(traf(tfhd(1), trun(3, [1, 1, 1], sample_flags=True)))
+    assert fragments(events)[0].tracks[0].starts_with_sync is False
+    events = one_fragment(traf(tfhd(1), trun(2, None, sizes=False, sample_flags=True)))
+    assert fragments(events)[0].tracks[0].starts_with_sync is False
+    events = one_fragment(traf(tfhd(1), trun(0)))
+    assert fragments(events)[0].tracks[0].starts_with_sync is None
 
 
 def test_trun_duration_unknown() -> None:
     data = moof(1, traf(tfhd(3), trun(5))) + mdat()
     events, _ = scan(data)  # no init segment at all: no trex
     (frag,) = fragments(events)
-    assert frag.tracks == (TrackRun(3, None, None, 5),)
+    assert frag.tracks == (TrackRun(3, None, None, 5, None),)
     # Mixed: a run with durations and one without, no default: unknown.
     events = one_fragment(traf(tfhd(3), trun(2, [5, 5]), trun(3)))
-    assert fragments(events)[0].tracks == (TrackRun(3, None, None, 5),)
+    assert fragments(events)[0].tracks == (TrackRun(3, None, None, 5, None),)
 
 
 def test_several_truns_and_trafs() -> None:
@@ -876,7 +887,7 @@ def test_several_truns_and_trafs() -> None:
     )
     (frag,) = fragments(events)
     assert frag.sequence_number == 42
-    assert frag.tracks == (TrackRun(1, 0, 206, 5), TrackRun(2, 7, 40, 4))
+    assert frag.tracks == (TrackRun(1, 0, 206, 5, True), TrackRun(2, 7, 40, 4, True))
 
 
 def test_moof_without_mfhd() -> None:
@@ -1039,7 +1050,7 @@ def test_second_init_segment() -> None:
     assert scanner.tracks == b.tracks
     assert scanner.init_segment == b
     frags = fragments(events)
-    assert frags[-1].tracks == (TrackRun(7, None, 6000, 2),)  # uses the new trex
+    assert frags[-1].tracks == (TrackRun(7, None, 6000, 2, True),)  # uses the new trex
     assert [f.index for f in frags] == [0, 1, 2]
 
 
