@@ -632,7 +632,8 @@ def test_to_end_mdat_completes_the_fragment_at_eof() -> None:
     tail = scanner.eof()
     assert tail == [
         FragmentComplete(
-            0, len(init_segment()), len(data) - len(init_segment()), 1, (TrackRun(1, 0, 1536, 3, True),)
+            0, len(init_segment()), len(data) - len(init_segment()), 1,
+            (TrackRun(1, 0, 1536, 3, True),),
         )
     ]
     assert scanner.last_complete_fragment_end == len(data)

@@ -33,8 +33,13 @@ from meetstream_live import (
 from meetstream_live.adapters import ConnectionInfo, ServerOptions
 from meetstream_live.adapters.asyncio import serve
 from meetstream_live.adapters.cli.simulate import plan_media, simulate
+from meetstream_live.adapters.recording import (
+    FinishedRecording,
+    Recorder,
+    RecordingHandler,
+    recover,
+)
 from meetstream_live.adapters.recording.metrics import HTTP_PATHS, Metrics
-from meetstream_live.adapters.recording import FinishedRecording, Recorder, RecordingHandler, recover
 from meetstream_live.adapters.recording.names import MAX_NAME_BYTES, MAX_NAME_CHARS, safe_name
 
 INFO = ConnectionInfo("127.0.0.1:5555", "/", "", (), False)
