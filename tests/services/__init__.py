@@ -1,0 +1,39 @@
+"""Real outside components for the tests, each started on free loopback ports by a context
+manager that waits until it is ready and stops it afterwards (see README.md here):
+
+* ``s3_server()``: SeaweedFS's S3 gateway (``weed mini``), with stop()/start() keeping the data;
+* ``nats_server()``: nats-server with JetStream, optionally a small ``max_payload``;
+* ``haproxy(backends)``: HAProxy routing by a consistent hash of the path or ``?bot=``;
+  ``backend_server(name)``: a trivial HTTP backend that answers its name;
+* ``browser()`` / ``async_browser()``: Playwright on Debian's Chromium.
+
+A component that is not installed skips the test with the reason, or fails it when CI=true.
+"""
+
+from ._proc import ServiceError, free_port, free_ports, in_ci, unavailable
+from .browser import CHROMIUM_ARGS, artifacts_dir, async_browser, browser, chromium_executable
+from .haproxy import BackendServer, HAProxy, backend_server, haproxy, render_config
+from .nats import NatsServer, nats_server
+from .s3 import S3Server, s3_server
+
+__all__ = [
+    "CHROMIUM_ARGS",
+    "BackendServer",
+    "HAProxy",
+    "NatsServer",
+    "S3Server",
+    "ServiceError",
+    "artifacts_dir",
+    "async_browser",
+    "backend_server",
+    "browser",
+    "chromium_executable",
+    "free_port",
+    "free_ports",
+    "haproxy",
+    "in_ci",
+    "nats_server",
+    "render_config",
+    "s3_server",
+    "unavailable",
+]
