@@ -19,7 +19,15 @@ from pathlib import Path
 
 import pytest
 from media import Media
-from services import artifacts_dir, backend_server, browser, haproxy, nats_server, s3_server
+from services import (
+    artifacts_dir,
+    backend_server,
+    browser,
+    haproxy,
+    nats_server,
+    require_module,
+    s3_server,
+)
 
 MiB = 1 << 20
 
@@ -32,7 +40,7 @@ def _crc32(data: bytes) -> str:
 
 
 def test_s3_put_get_and_multipart() -> None:
-    pytest.importorskip("boto3")
+    require_module("boto3")
     from botocore.exceptions import ClientError
 
     with s3_server() as s3:
@@ -93,7 +101,7 @@ def test_s3_put_get_and_multipart() -> None:
 def test_s3_restart_keeps_data() -> None:
     """For "storage killed mid-meeting": SIGKILL, start again on the same port, and both the
     object and the unfinished multipart upload (ListParts) are still there."""
-    pytest.importorskip("boto3")
+    require_module("boto3")
     with s3_server() as s3:
         client = s3.client()
         bucket = s3.create_bucket("restart")
@@ -116,7 +124,7 @@ def test_s3_restart_keeps_data() -> None:
 
 
 async def test_nats_jetstream_publish_fetch() -> None:
-    nats = pytest.importorskip("nats")
+    nats = require_module("nats")
     from nats.errors import MaxPayloadError
 
     with nats_server(max_payload=64 * 1024) as ns:

@@ -10,11 +10,11 @@ manager that waits until it is ready and stops it afterwards (see README.md here
 A component that is not installed skips the test with the reason, or fails it when CI=true.
 """
 
-from ._proc import ServiceError, free_port, free_ports, in_ci, unavailable
-from .browser import CHROMIUM_ARGS, artifacts_dir, async_browser, browser, chromium_executable
-from .haproxy import BackendServer, HAProxy, backend_server, haproxy, render_config
-from .nats import NatsServer, nats_server
-from .s3 import S3Server, s3_server
+from ._browser import CHROMIUM_ARGS, artifacts_dir, async_browser, browser, chromium_executable
+from ._haproxy import BackendServer, HAProxy, backend_server, haproxy, render_config
+from ._nats import NatsServer, nats_server
+from ._proc import ServiceError, free_port, free_ports, in_ci, require_module, unavailable
+from ._s3 import S3Server, s3_server
 
 __all__ = [
     "CHROMIUM_ARGS",
@@ -34,6 +34,7 @@ __all__ = [
     "in_ci",
     "nats_server",
     "render_config",
+    "require_module",
     "s3_server",
     "unavailable",
 ]

@@ -5,6 +5,7 @@ a component that is not installed."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -27,6 +29,8 @@ __all__ = [
     "free_ports",
     "http_status",
     "in_ci",
+    "port_open",
+    "require_module",
     "unavailable",
 ]
 
@@ -48,6 +52,16 @@ def unavailable(reason: str) -> None:
     if in_ci():
         pytest.fail(f"{reason} (CI=true: a missing component is a failure, not a skip)")
     pytest.skip(reason)
+
+
+def require_module(name: str, hint: str = "the `test` extra; `make install`") -> ModuleType:
+    """``import name``, or ``unavailable()`` (skip; fail with CI=true) when it is not installed:
+    ``pytest.importorskip`` would skip in CI too."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        unavailable(f"Python module {name!r} not importable ({exc}); it comes with {hint}")
+        raise
 
 
 def find_executable(name: str, *extra_dirs: str | Path) -> str | None:
