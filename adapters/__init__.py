@@ -11,17 +11,18 @@ All of them take the same :class:`Handler` (what happens to a stream) and
 
 from __future__ import annotations
 
-from ._common import (
+from ._bots import HandshakeFailed
+from ._driver import mono_ms, wall_ms
+from ._handler import (
     Backlog,
     ConnectionInfo,
     Handler,
     HandlerFactory,
-    HandshakeFailed,
     HTTPAnswer,
     HTTPHandler,
     ServerOptions,
-    tune_allocator,
 )
+from ._system import tune_allocator
 
 __all__ = [
     "Backlog",
@@ -32,5 +33,7 @@ __all__ = [
     "HandlerFactory",
     "HandshakeFailed",
     "ServerOptions",
+    "mono_ms",
     "tune_allocator",
+    "wall_ms",
 ]

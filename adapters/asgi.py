@@ -87,29 +87,17 @@ from typing import Any
 from urllib.parse import quote
 
 from meetstream_live import (
-    Accepted,
-    Disconnected,
-    Event,
+    CloseCode,
+    DisconnectCause,
     HTTPRejected,
     HTTPRequest,
     Reject,
-    Session,
     route_request,
 )
 
-from ._aio import HandlerRunner, handler_pool
-from ._common import (
-    GOING_AWAY,
-    INTERNAL_ERROR,
-    ConnectionInfo,
-    Handler,
-    HandlerFactory,
-    HTTPAnswer,
-    ServerOptions,
-    log,
-    now_ms,
-    observe,
-)
+from ._delivery import Delivery, handler_pool
+from ._driver import Connections, MessageDriver, MessageStep, answer_http, log, observe
+from ._handler import HandlerFactory, ServerOptions
 
 __all__ = ["RECOMMENDED_MAX_MESSAGE_SIZE", "ASGIApp", "Receive", "Scope", "Send"]
 
@@ -122,9 +110,6 @@ Send = Callable[[Any], Awaitable[None]]
 #: hypercorn ``websocket_max_message_size``); both default to 16 MiB.
 RECOMMENDED_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 
-POLICY_VIOLATION = 1008
-NO_STATUS_RECEIVED = 1005
-ABNORMAL_CLOSURE = 1006
 HTTP_EXTENSION = "websocket.http.response"
 
 Headers = tuple[tuple[bytes, bytes], ...]
@@ -195,13 +180,14 @@ class ASGIApp:
         self.options = options or ServerOptions()
         if self.options.ssl is not None:
             log.warning("ServerOptions.ssl is ignored by ASGIApp: configure TLS on the server")
-        self._connections: set[_WebSocket] = set()
-        self._accepting = True
+        #: The open connections: the limit and the drain (shared policy).
+        self.connections = Connections(self.options)
+        self._changed: asyncio.Event | None = None
         self.executor = handler_pool(self.options.handler_threads)
 
     @property
     def active_connections(self) -> int:
-        return len(self._connections)
+        return self.connections.count
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -218,35 +204,43 @@ class ASGIApp:
         """Refuse new upgrades (503); let streams run up to ``drain_timeout`` (default
         ``options.drain_timeout``); close the rest with 1001; return when every handler has
         finished."""
-        self._accepting = False
-        drain = self.options.drain_timeout if drain_timeout is None else drain_timeout
-        waiters = {asyncio.ensure_future(conn.done.wait()): conn for conn in self._connections}
-        if not waiters:
-            return
-        try:
-            _done, pending = await asyncio.wait(waiters, timeout=drain)
-            for waiter in pending:
-                await waiters[waiter].close(GOING_AWAY, "server shutting down")
-            if pending:
-                await asyncio.wait(pending)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+        changed = self._watch()
+        for timeout in self.connections.drain(drain_timeout):
+
+            async def until_empty() -> None:
+                while self.connections.count:
+                    changed.clear()
+                    if self.connections.count:
+                        await changed.wait()
+
+            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                await asyncio.wait_for(until_empty(), timeout)
+
+    def _watch(self) -> asyncio.Event:
+        """An event set whenever a connection ends (made on the app's loop, once)."""
+        if self._changed is None:
+            loop = asyncio.get_running_loop()
+            changed = self._changed = asyncio.Event()
+
+            def on_change() -> None:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(changed.set)
+
+            self.connections.on_change(on_change)
+        return self._changed
 
     # ------------------------------------------------------------------ scopes
 
-    def _observe(self, event: Event) -> None:
+    def _observe(self, event: Any) -> None:
         if self.options.observer is not None:
             observe(self.options.observer, event)
-
-    def _overloaded(self) -> bool:
-        return not self._accepting or len(self._connections) >= self.options.max_connections
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self._accepting = True
+                self.connections.accepting = True
+                self._watch()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 try:
@@ -266,7 +260,7 @@ class ASGIApp:
             method,
             target,
             headers,
-            overloaded=self._overloaded(),
+            overloaded=self.connections.overloaded(),
             head_size=_head_size(method, target, headers),
         )
         if isinstance(decision, Reject):
@@ -282,9 +276,12 @@ class ASGIApp:
             return
         request = HTTPRequest(method, target, decision.path, decision.query, headers)
         self._observe(request)
-        handler = self.options.http_handler
-        answer = handler(request) if handler is not None else HTTPAnswer(404, b"not found\n")
-        await _respond(send, answer.status, answer.body, content_type=answer.content_type)
+        loop = asyncio.get_running_loop()
+        answer = await loop.run_in_executor(self.executor, answer_http, self.options, request)
+        await _respond(
+            send, answer.status, answer.body, content_type=answer.content_type,
+            extra=answer.headers,
+        )
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -300,28 +297,22 @@ class ASGIApp:
             "GET",
             target,
             headers,
-            overloaded=self._overloaded(),
+            overloaded=self.connections.overloaded(),
             head_size=_head_size("GET", target, headers),
         )
         if isinstance(decision, Reject):
             self._rejected(scope, decision)
             await _reject_websocket(scope, send, decision)
             return
-        conn = _WebSocket(self, receive, send)
-        info = ConnectionInfo(
-            _peer(scope),
-            decision.path,
-            decision.query,
-            headers,
-            scope.get("scheme") in ("wss", "https"),
-            close=conn.close_soon,
-        )
-        self._connections.add(conn)
+        self._watch()
+        conn = _WebSocket(self, receive, send, _peer(scope))
+        self.connections.add(conn, conn.post)
         try:
-            await conn.run(info)
+            await conn.run(
+                decision.path, decision.query, headers, scope.get("scheme") in ("wss", "https")
+            )
         finally:
-            self._connections.discard(conn)
-            conn.done.set()
+            self.connections.discard(conn)
 
     def _rejected(self, scope: Scope, decision: Reject) -> None:
         self._observe(HTTPRejected(decision.status, decision.reason, decision.path))
@@ -352,66 +343,73 @@ async def _reject_websocket(scope: Scope, send: Send, decision: Reject) -> None:
     else:
         # No way to send a status: a close before the accept, which servers answer with 403.
         reason = body.decode("ascii").strip()
-        await send({"type": "websocket.close", "code": POLICY_VIOLATION, "reason": reason})
+        await send(
+            {"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION, "reason": reason}
+        )
 
 
 class _WebSocket:
-    """One accepted WebSocket: ASGI messages in, the session in the middle, a handler out."""
+    """One accepted WebSocket: ASGI messages in, the :class:`MessageDriver` in the middle, the
+    handler out (through :class:`~._delivery.Delivery`)."""
 
-    def __init__(self, app: ASGIApp, receive: Receive, send: Send) -> None:
+    def __init__(self, app: ASGIApp, receive: Receive, send: Send, peer: str) -> None:
         self.app = app
         self.options = app.options
-        config = app.options.config
-        self.session = Session(
-            max_early_bytes=config.max_early_bytes, max_text_size=config.max_text_size
-        )
         self.receive = receive
         self.send = send
-        self.peer = "unknown"
-        self.runner: HandlerRunner | None = None
-        self.handler_failed = False
-        #: The close code and reason this app sent, if it did.
-        self.close_sent: tuple[int, str] | None = None
-        self.lost = False
-        #: Set once the connection is over and its handler has finished.
-        self.done = asyncio.Event()
+        self.peer = peer
+        self.driver = MessageDriver(app.options, app.factory, peer=peer, post=self.post)
+        self.delivery: Delivery | None = None
+        self._loop = asyncio.get_running_loop()
         self._send_lock = asyncio.Lock()
         self._task: asyncio.Task[Any] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._reading = False
         self._aborted = False
         self._abort_timer: asyncio.TimerHandle | None = None
-        self._error_close: asyncio.Task[None] | None = None
-        self._requested_close: asyncio.Task[None] | None = None
-        self._loop = asyncio.get_running_loop()
+        self._below = asyncio.Event()
+        self.driver.backlog.on_below = self._below_soon
 
-    async def run(self, info: ConnectionInfo) -> None:
+    # ------------------------------------------------------------------ from anywhere
+
+    def post(self, fn: Callable[[MessageDriver], MessageStep | None]) -> None:
+        """The driver's ``post``: from any thread, ``fn(driver)`` on the app's loop."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: so is the connection
+            self._loop.call_soon_threadsafe(self._run_posted, fn)
+
+    def _run_posted(self, fn: Callable[[MessageDriver], MessageStep | None]) -> None:
+        if self.driver.lost:
+            return
+        step = fn(self.driver)
+        if step is not None:
+            task = self._loop.create_task(self._apply(step))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _below_soon(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._below.set)
+
+    # ------------------------------------------------------------------ the connection
+
+    async def run(self, path: str, query: str, headers: Headers, secure: bool) -> None:
         self._task = asyncio.current_task()
-        self.peer = info.peer
         try:
             await self.send({"type": "websocket.accept"})
         except _SEND_ERRORS as exc:
-            log.debug("%s: gone before the accept: %r", info.peer, exc)
+            log.debug("%s: gone before the accept: %r", self.peer, exc)
             return
-        self.app._observe(Accepted(info.path, info.query, info.headers))
-        try:
-            handler = self.app.factory(info)
-        except Exception as exc:
-            log.error("handler factory failed for %s: %r", info.peer, exc, exc_info=exc)
-            handler = Handler()  # a no-op one, so that the close below completes normally
-            self.handler_failed = True
-        runner = self.runner = HandlerRunner(handler, self._handler_error, self.app.executor)
-        lost_reason = "connection ended without a disconnect message"
+        lost = ("connection ended without a disconnect message", DisconnectCause.CONNECTION_LOST)
         self._reading = True
         try:
-            if self.handler_failed:
-                await self.close(INTERNAL_ERROR, "handler error")
-            await self._read_loop(runner)
+            await self._apply(self.driver.accept(path, query, headers, secure))
+            await self._read_loop()
         except asyncio.CancelledError:
             if not self._aborted:
-                lost_reason = "cancelled by the ASGI server"
+                lost = ("cancelled by the ASGI server", DisconnectCause.CONNECTION_LOST)
                 raise
             # Our own cancellation: the bot never answered our close frame.
-            lost_reason = "close handshake timed out"
+            lost = ("close handshake timed out", DisconnectCause.CONNECTION_LOST)
             task = self._task
             if sys.version_info >= (3, 11) and task is not None:
                 task.uncancel()
@@ -419,98 +417,99 @@ class _WebSocket:
             self._reading = False
             if self._abort_timer is not None:
                 self._abort_timer.cancel()
-            if not self.lost:
-                self.lost = True
-                self._deliver(self.session.connection_lost(ABNORMAL_CLOSURE, lost_reason))
+            step = self.driver.disconnected(CloseCode.ABNORMAL, *lost)
+            if step.events:
+                self._submit(step.events)
             with contextlib.suppress(Exception):
-                await runner.finish()
-                if self._error_close is not None:
-                    await self._error_close
-                if self._requested_close is not None:
-                    await self._requested_close
+                await self._finish()
 
-    async def _read_loop(self, runner: HandlerRunner) -> None:
-        session, limit = self.session, self.options.max_pending_bytes
+    async def _finish(self) -> None:
+        """Wait for what was posted and for the handler to have every event."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        delivery = self.delivery
+        if delivery is not None:
+            idle: asyncio.Future[None] = self._loop.create_future()
+
+            def done() -> None:
+                if not idle.done():
+                    idle.set_result(None)
+
+            def wake() -> None:
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(done)
+
+            if not delivery.when_idle(wake):
+                await asyncio.shield(idle)
+
+    async def _read_loop(self) -> None:
+        driver = self.driver
         while True:
             message = await self.receive()
             kind = message["type"]
             if kind == "websocket.disconnect":
-                self.lost = True
                 code = message.get("code")
-                code = NO_STATUS_RECEIVED if code is None else int(code)
+                code = CloseCode.NO_STATUS if code is None else int(code)
                 reason = str(message.get("reason") or "")
-                if self.close_sent is not None and code != ABNORMAL_CLOSURE:
-                    # We closed: report why, as the core does (hypercorn says 1000 here).
-                    code, reason = self.close_sent
-                self._deliver(session.connection_lost(code, reason))
+                cause = (
+                    DisconnectCause.CONNECTION_LOST
+                    if code in (CloseCode.NO_STATUS, CloseCode.ABNORMAL)
+                    else DisconnectCause.REMOTE_CLOSE
+                )
+                await self._apply(driver.disconnected(code, reason, cause))
                 return
             if kind != "websocket.receive":
                 continue
             data, text = message.get("bytes"), message.get("text")
-            if data is not None:
-                events = session.receive_binary(bytes(data))
-            elif text is not None:
-                events = session.receive_text(str(text), now_ms())
-            else:
+            if data is None and text is None:
                 continue
-            for reply in session.messages_to_send():  # pongs before the handler sees media
-                await self._send({"type": "websocket.send", "text": reply})
-            self._deliver(events)
-            request = session.close_request
-            if request is not None:
-                await self.close(request.code, request.reason)
-            await runner.wait_below(limit)
+            await self._apply(driver.receive(None if data is None else bytes(data), text))
+            while driver.backlog.should_pause():
+                self._below.clear()
+                if driver.backlog.over:
+                    await self._below.wait()
 
-    def _handler_error(self, exc: Exception) -> None:
-        """The handler raised (called on the loop, at once): close with 1011."""
-        if self.handler_failed:
-            return
-        log.error("handler failed for %s: %r", self.peer, exc, exc_info=exc)
-        self.handler_failed = True
-        self._error_close = asyncio.get_running_loop().create_task(
-            self.close(INTERNAL_ERROR, "handler error")
-        )
+    async def _apply(self, step: MessageStep) -> None:
+        """Send the pongs, then the close if one is due, then hand the events over."""
+        for text in step.texts:  # pongs before the handler sees media
+            await self._send({"type": "websocket.send", "text": text})
+        if step.close is not None:
+            await self._close(*step.close)
+        if step.events:
+            self._submit(step.events)
 
-    def close_soon(self, code: int, reason: str) -> None:
-        """``ConnectionInfo.close``: from any thread, :meth:`close` on the loop."""
-        with contextlib.suppress(RuntimeError):  # the loop is closed: so is the connection
-            self._loop.call_soon_threadsafe(self._close_requested, code, reason)
-
-    def _close_requested(self, code: int, reason: str) -> None:
-        if self.close_sent is not None or self.lost or self._requested_close is not None:
-            return
-        self._requested_close = self._loop.create_task(self.close(code, reason))
-
-    def _deliver(self, events: list[Event]) -> None:
-        for event in events:
-            self.app._observe(event)
-        if self.handler_failed:
-            events = [e for e in events if isinstance(e, Disconnected)]
-        if events and self.runner is not None:
-            self.runner.submit(events)
+    def _submit(self, events: list[Any]) -> None:
+        delivery = self.delivery
+        if delivery is None:
+            calls = self.driver.calls
+            if calls is None:
+                return
+            delivery = self.delivery = Delivery(
+                calls, self.app.executor, self.post, self.driver.backlog
+            )
+        delivery.submit(events)
 
     async def _send(self, message: dict[str, Any]) -> None:
         async with self._send_lock:
-            if self.close_sent is not None or self.lost:
+            if self.driver.lost:
                 return
             try:
                 await self.send(message)
             except _SEND_ERRORS as exc:  # the disconnect message follows
                 log.debug("send failed: %r", exc)
 
-    async def close(self, code: int, reason: str) -> None:
-        """Send ``websocket.close`` once; give the bot ``close_timeout_ms`` to answer."""
+    async def _close(self, code: int, reason: str) -> None:
+        """Send ``websocket.close``; give the bot ``close_timeout_ms`` to answer."""
         async with self._send_lock:
-            if self.close_sent is not None or self.lost:
+            if self.driver.lost:
                 return
-            self.close_sent = (code, reason)
             try:
                 await self.send({"type": "websocket.close", "code": code, "reason": reason})
             except _SEND_ERRORS as exc:
                 log.debug("close failed: %r", exc)
         if self._reading:
             delay = self.options.config.close_timeout_ms / 1000
-            self._abort_timer = asyncio.get_running_loop().call_later(delay, self._abort)
+            self._abort_timer = self._loop.call_later(delay, self._abort)
 
     def _abort(self) -> None:
         # Only a read loop still waiting for the disconnect is cancelled, never the final

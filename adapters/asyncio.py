@@ -29,24 +29,14 @@ from meetstream_live import (
     BotConnection,
     BotState,
     Event,
-    MediaChunk,
     parse_ws_url,
 )
 
-from ._aio import ThreadedDelivery, handler_pool
-from ._common import (
-    AsyncBotSends,
-    ConnectionDriver,
-    HandlerFactory,
-    ReadSizer,
-    ServerOptions,
-    Step,
-    client_tls,
-    handshake_outcome,
-    log,
-    now_ms,
-    warm_up,
-)
+from ._bots import AsyncBotSends, client_tls, handshake_outcome
+from ._delivery import Delivery, handler_pool
+from ._driver import ConnectionDriver, Connections, ReadSizer, Step, log, now_ms
+from ._handler import HandlerFactory, ServerOptions
+from ._system import warm_up
 
 __all__ = ["AsyncioBot", "AsyncioServer", "run", "serve"]
 
@@ -66,8 +56,8 @@ async def _with_deadline(awaitable: Awaitable[T], seconds: float | None) -> T:
 class _Connection(asyncio.BaseProtocol):
     """One connection, driven by the transport's callbacks: each read goes through the core
     as it arrives (no stream buffer, no task per connection), the handler's events go to
-    :class:`ThreadedDelivery`, and reading pauses while too much media waits for the handler
-    or while the bot does not take what we write.
+    :class:`~._delivery.Delivery`, and reading pauses while the connection's backlog is over
+    its limit or while the bot does not take what we write.
 
     How reads arrive depends on the loop, the faster way for each (measured with one bot flat
     out at 64 KiB messages, same run, median of 5: on asyncio's own selector loop
@@ -82,7 +72,7 @@ class _Connection(asyncio.BaseProtocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.driver: ConnectionDriver | None = None
-        self.runner: ThreadedDelivery | None = None
+        self.delivery: Delivery | None = None
         #: The bytes asked per read.
         self._sizer = ReadSizer(server.options.read_size)
         self.done: asyncio.Future[None] = self.loop.create_future()
@@ -93,23 +83,25 @@ class _Connection(asyncio.BaseProtocol):
         self._reading = True
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+
     # ------------------------------------------------------------------ transport callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
         server = self.server
-        if not server._accepting:
+        connections = server.connections
+        if not connections.accepting:
             transport.abort()
             return
-        options = server.options
-        self.driver = ConnectionDriver(
-            options,
+        driver = self.driver = ConnectionDriver(
+            server.options,
             server.factory,
             peer=str(transport.get_extra_info("peername")),
-            overloaded=len(server._connections) >= options.max_connections,
-            request_close=self._close_soon,
+            post=self._post,
+            overloaded=connections.overloaded(),
         )
-        server._connections[self] = None
+        driver.backlog.on_below = self._below_soon
+        connections.add(self, self._post)
         self._arm()
 
     def eof_received(self) -> bool:
@@ -141,32 +133,35 @@ class _Connection(asyncio.BaseProtocol):
 
     # ------------------------------------------------------------------ driving
 
+    def _post(self, fn: Callable[[ConnectionDriver], Step]) -> None:
+        """The driver's ``post``: from any thread, ``fn(driver)`` on the loop."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: so is the connection
+            self.loop.call_soon_threadsafe(self._run_posted, fn)
+
+    def _run_posted(self, fn: Callable[[ConnectionDriver], Step]) -> None:
+        driver = self.driver
+        if driver is None or driver.closed or self.transport is None:
+            return
+        self.apply(fn(driver))
+
     def apply(self, step: Step) -> None:
         """Write ``step.out`` (pongs go out before the handler sees this read's media), queue
         ``step.events``, and end or re-arm the deadline."""
         transport = self.transport
-        assert transport is not None and self.driver is not None
+        driver = self.driver
+        assert transport is not None and driver is not None
         if step.out and not transport.is_closing():
             transport.write(step.out)
         events = step.events
         if events:
-            runner = self.runner
-            if runner is None:
-                handler = self.driver.handler
-                assert handler is not None
-                runner = self.runner = ThreadedDelivery(
-                    handler,
-                    self.server._executor,
-                    self.loop,
-                    limit=self.server.options.max_pending_bytes,
-                    on_below=self._below,
-                    on_error=self.handler_failed,
+            delivery = self.delivery
+            if delivery is None:
+                assert driver.calls is not None
+                delivery = self.delivery = Delivery(
+                    driver.calls, self.server._executor, self._post, driver.backlog
                 )
-            size = 0
-            for event in events:
-                if type(event) is MediaChunk:
-                    size += len(event.data)
-            if runner.submit(events, size):
+            delivery.submit(events)
+            if not self._backpressure and driver.backlog.should_pause():
                 self._backpressure = True
                 self._update_reading()
         if step.closed:
@@ -192,6 +187,11 @@ class _Connection(asyncio.BaseProtocol):
             else:
                 transport.pause_reading()
 
+    def _below_soon(self) -> None:
+        """The backlog's wake-up, from whatever thread brought it down."""
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self._below)
+
     def _below(self) -> None:
         """The handler caught up: read again (the bot was not idle meanwhile, we were)."""
         if self._backpressure:
@@ -203,49 +203,26 @@ class _Connection(asyncio.BaseProtocol):
                 self._arm()
             self._update_reading()
 
-    def handler_failed(self, exc: Exception) -> None:
-        """Close with 1011 at once (on the loop, like every use of the driver)."""
-        driver = self.driver
-        assert driver is not None
-        if self._backpressure:  # reading resumes: the bot's close answer must get through
-            self._below()
-        if not driver.closed and not driver.handler_failed:
-            self.apply(driver.handler_error(exc))
-
-    def _close_soon(self, code: int, reason: str) -> None:
-        """``ConnectionInfo.close``: from any thread, close on the loop."""
-        with contextlib.suppress(RuntimeError):  # the loop is closed: so is the connection
-            self.loop.call_soon_threadsafe(self.close_requested, code, reason)
-
-    def close_requested(self, code: int, reason: str) -> None:
-        """The handler asked for a close (on the loop): as a server-initiated close."""
-        driver = self.driver
-        if driver is None or self.transport is None or driver.closed or self._ending:
-            return
-        if self._backpressure:  # reading resumes: the bot's close answer must get through
-            self._below()
-        self.apply(driver.close(code, reason))
-
-    def shut_down(self, close_timeout: float) -> None:
-        """Close with 1001 from outside; abort if the bot never answers."""
-        driver, transport = self.driver, self.transport
-        if driver is None or transport is None or driver.closed:
-            return
-        self.apply(driver.close())
-        self.loop.call_later(close_timeout, transport.abort)
-
     async def _end(self) -> None:
         # Leave the registry last: shutdown() waits for the handler to finish too.
         transport = self.transport
         assert transport is not None
         try:
-            if self.runner is not None:
-                await self.runner.finish()
+            delivery = self.delivery
+            if delivery is not None:
+                idle: asyncio.Future[None] = self.loop.create_future()
+
+                def wake() -> None:
+                    with contextlib.suppress(RuntimeError):
+                        self.loop.call_soon_threadsafe(_set, idle)
+
+                if not delivery.when_idle(wake):
+                    await idle
             transport.close()
             with contextlib.suppress(Exception):
                 await self._lost
         finally:
-            self.server._connections.pop(self, None)
+            self.server.connections.discard(self)
             if not self.done.done():
                 self.done.set_result(None)
 
@@ -286,6 +263,11 @@ class _Connection(asyncio.BaseProtocol):
             self._arm()
             return
         self.apply(driver.timeout())
+
+
+def _set(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class _ReceivingConnection(_Connection, asyncio.Protocol):
@@ -376,9 +358,10 @@ class AsyncioServer:
         self.factory = factory
         self.options = options or ServerOptions()
         self._server: asyncio.Server | None = None
-        self._connections: dict[_Connection, None] = {}
-        self._accepting = True
+        #: The open connections: the limit and the drain (shared policy).
+        self.connections = Connections(self.options)
         self._executor = handler_pool(self.options.handler_threads)
+        self._changed: asyncio.Event | None = None
         #: The read buffer every connection reads into (``read_size`` bytes, made at the first
         #: read and never resized: transports hold slices of it during a read).
         self._read_view: memoryview | None = None
@@ -402,13 +385,20 @@ class AsyncioServer:
 
     @property
     def active_connections(self) -> int:
-        return len(self._connections)
+        return self.connections.count
 
     async def start(self, host: str | None = "127.0.0.1", port: int = 9876, **kwargs: Any) -> None:
         """Bind and start accepting (``port=0`` picks a free port; see :attr:`port`). Extra
         keyword arguments go to ``loop.create_server`` (e.g. ``reuse_port=True``)."""
-        warm_up("asyncio")
+        warm_up("asyncio", self.options.config.unmask)
         loop = asyncio.get_running_loop()
+        changed = self._changed = asyncio.Event()
+
+        def on_change() -> None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(changed.set)
+
+        self.connections.on_change(on_change)
         kind = _connection_class(loop)
         self._server = await loop.create_server(
             lambda: kind(self), host, port, ssl=self.options.ssl, **kwargs
@@ -421,19 +411,25 @@ class AsyncioServer:
     async def shutdown(self, drain_timeout: float | None = None) -> None:
         """Stop accepting; let streams run up to ``drain_timeout``; close the rest with 1001;
         return when every handler has finished."""
-        self._accepting = False
         if self._server is not None:
             self._server.close()
-        drain = self.options.drain_timeout if drain_timeout is None else drain_timeout
-        waiting = {conn.done: conn for conn in self._connections}
-        if waiting:
-            _done, pending = await asyncio.wait(waiting, timeout=drain)
-            close_timeout = self.options.config.close_timeout_ms / 1000
-            for future in pending:
-                waiting[future].shut_down(close_timeout)
-            if pending:
-                await asyncio.wait(pending)
+        for timeout in self.connections.drain(drain_timeout):
+            await self._wait_empty(timeout)
         self._executor.shutdown(wait=False)  # every handler has finished
+
+    async def _wait_empty(self, timeout: float | None) -> None:
+        changed = self._changed
+        if changed is None:  # never started
+            return
+
+        async def until_empty() -> None:
+            while self.connections.count:
+                changed.clear()
+                if self.connections.count:
+                    await changed.wait()
+
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+            await _with_deadline(until_empty(), timeout)
 
     async def __aenter__(self) -> AsyncioServer:
         return self

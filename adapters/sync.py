@@ -32,20 +32,10 @@ from meetstream_live import (
     parse_ws_url,
 )
 
-from ._common import (
-    GOING_AWAY,
-    ConnectionDriver,
-    HandlerFactory,
-    ReadSizer,
-    ServerOptions,
-    Step,
-    client_tls,
-    deliver,
-    handshake_outcome,
-    log,
-    now_ms,
-    warm_up,
-)
+from ._bots import client_tls, handshake_outcome
+from ._driver import ConnectionDriver, Connections, ReadSizer, Step, log, now_ms
+from ._handler import HandlerFactory, ServerOptions
+from ._system import warm_up
 
 __all__ = ["SyncBot", "SyncServer", "run", "serve"]
 
@@ -60,11 +50,14 @@ _WRITE = selectors.EVENT_WRITE
 class _Wake(enum.Enum):
     READY = "ready"
     TIMEOUT = "timeout"
-    CLOSE = "close"  # a close was asked for: by the server (shutdown) or by the handler
+    POSTED = "posted"  # something was posted to the connection (a close, a wake-up)
 
 
 class _Connection:
-    """One accepted socket, driven by its own thread (:meth:`run`); nothing else touches it."""
+    """One accepted socket, driven by its own thread (:meth:`run`); nothing else touches it.
+    Other threads :meth:`post` to it: the request is queued and the thread woken (by a byte in
+    its wake-up socket pair, made once the upgrade is accepted, or by the server's shutdown
+    flag)."""
 
     def __init__(
         self, server: SyncServer, sock: socket.socket, peer: str, overloaded: bool
@@ -77,15 +70,14 @@ class _Connection:
         self.driver: ConnectionDriver | None = None
         self._selector: selectors.BaseSelector | None = None
         self._write_timeout = self.options.config.close_timeout_ms / 1000
-        #: The close asked for (code, reason): by the server (shutdown) or the handler. The
-        #: first request wins; set from any thread under ``_lock``.
-        self._close_request: tuple[int, str] | None = None
-        self._close_sent = False
+        self._posted: deque[Callable[[ConnectionDriver], Step | None]] = deque()
         self._lock = threading.Lock()
-        #: Wakes this connection's thread for a handler's close request (made on accept).
+        #: Wakes this connection's thread for a post from another thread (made on accept).
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._wake_tried = False
+        self._watching_sock = False
+        self._paused = False  # the backlog is over its limit: the socket is not read
         self._broken = False  # a write failed: the connection is lost
         self._sizer = ReadSizer(self.options.read_size)  # bytes asked per recv()
 
@@ -98,9 +90,10 @@ class _Connection:
                 self.options,
                 self.server.factory,
                 peer=self.peer,
+                post=self.post,
                 overloaded=self.overloaded,
-                request_close=self.request_close,
             )
+            driver.backlog.on_below = self._below
             self.sock.setblocking(False)
             context = self.options.ssl
             if context is not None:
@@ -112,6 +105,7 @@ class _Connection:
                     driver.receive(b"")
                     return
             selector.register(self.sock, _READ)
+            self._watching_sock = True
             selector.register(self.server._close_r, _READ)
             if context is not None and not self._tls_handshake(driver):
                 driver.receive(b"")  # nothing was said over HTTP yet: just close
@@ -128,8 +122,8 @@ class _Connection:
             if driver is not None and not driver.closed:
                 # A bug above: the handler still hears of the end.
                 step = driver.receive(b"")
-                if step.events and driver.handler is not None:
-                    deliver(driver.handler, step.events)
+                if step.events and driver.calls is not None:
+                    driver.calls.deliver(step.events)
         except Exception:
             log.exception("connection from %s failed while closing", self.peer)
         finally:
@@ -145,18 +139,40 @@ class _Connection:
                     sock.close()
             self.server._remove(self)
 
-    # ------------------------------------------------------------------ close requests
+    # ------------------------------------------------------------------ posts
 
-    def request_close(self, code: int, reason: str) -> None:
-        """``ConnectionInfo.close``, from any thread: the connection thread sends the close
-        (the first request wins; nothing happens once the connection is closed)."""
+    def post(self, fn: Callable[[ConnectionDriver], Step | None]) -> None:
+        """The driver's ``post``, from any thread: ``fn(driver)`` in the connection thread."""
         with self._lock:
-            if self._close_request is None:
-                self._close_request = (code, reason)
+            self._posted.append(fn)
             wake = self._wake_w
             if wake is not None:  # not blocking, under the lock: it is never closed meanwhile
                 with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
                     wake.send(b"\0")
+
+    def _below(self) -> None:
+        """The backlog's wake-up (any thread): read again."""
+        self.post(self._resume)
+
+    def _resume(self, driver: ConnectionDriver) -> None:
+        if self._paused:
+            self._paused = False
+            driver.resumed()  # the pause was ours, not the bot's idleness
+
+    def _run_posted(self, driver: ConnectionDriver) -> bool:
+        """Run what was posted; True if anything was."""
+        ran = False
+        while True:
+            with self._lock:
+                if not self._posted:
+                    return ran
+                fn = self._posted.popleft()
+            ran = True
+            if driver.closed:
+                continue
+            step = fn(driver)
+            if step is not None:
+                self._process(driver, step)
 
     def _open_wake(self) -> None:
         """Once the upgrade is accepted (the handler exists): the wake-up socket pair."""
@@ -165,7 +181,7 @@ class _Connection:
         self._wake_tried = True
         try:
             wake_r, wake_w = socket.socketpair()
-        except OSError as exc:  # out of descriptors: a request is seen at the next read
+        except OSError as exc:  # out of descriptors: a post is seen at the next read
             log.warning("%s: no wake-up socket pair for close requests: %s", self.peer, exc)
             return
         wake_r.setblocking(False)
@@ -173,15 +189,19 @@ class _Connection:
         selector.register(wake_r, _READ)
         with self._lock:
             self._wake_r, self._wake_w = wake_r, wake_w
+            pending = bool(self._posted)
+        if pending:
+            with contextlib.suppress(OSError):
+                wake_w.send(b"\0")
 
     def _read_loop(self, driver: ConnectionDriver) -> None:
         while not driver.closed:
             if not self._wake_tried and driver.accepted:
                 self._open_wake()
-            request = self._close_request
-            if request is not None and not self._close_sent:
-                self._close_sent = True
-                self._process(driver, driver.close(*request))
+            if self._run_posted(driver):
+                continue
+            if self._paused:
+                self._wait(None, None)  # until the backlog's wake-up or another post
                 continue
             step = self._read(driver)
             if step is not None:
@@ -193,8 +213,8 @@ class _Connection:
         buffered = isinstance(sock, ssl_module.SSLSocket) and sock.pending() > 0
         if not buffered:
             woken = self._wait(_READ, driver.seconds_to_deadline())
-            if woken is _Wake.CLOSE:
-                return None  # the loop sends the close
+            if woken is _Wake.POSTED:
+                return None  # the loop runs what was posted
             if woken is _Wake.TIMEOUT:
                 return driver.timeout()  # a no-op when the deadline is not quite due
         sizer = self._sizer
@@ -215,22 +235,32 @@ class _Connection:
         if step.out and not self._broken and not self._send(step.out):
             self._broken = True
         if step.events:
-            assert driver.handler is not None
-            error = deliver(driver.handler, step.events)
-            if error is not None and not driver.handler_failed:
+            assert driver.calls is not None
+            error = driver.calls.deliver(step.events)
+            if error is not None:
                 self._process(driver, driver.handler_error(error))
+            if not self._paused and driver.backlog.should_pause():
+                self._paused = True
         if self._broken and not driver.closed:
             self._process(driver, driver.receive(b""))
 
     # ------------------------------------------------------------------ socket plumbing
 
-    def _wait(self, events: int, timeout: float | None) -> _Wake:
-        """Wait until the socket is ready for ``events``, ``timeout`` passes or a close is asked
-        for: by the server (which records a 1001 request and stops watching the server's
-        flag) or by the handler (its wake-up byte is read)."""
+    def _wait(self, events: int | None, timeout: float | None) -> _Wake:
+        """Wait until the socket is ready for ``events`` (``None``: do not watch it),
+        ``timeout`` passes or something is posted (the handler's wake-up byte, or the server's
+        shutdown flag, after which the flag is no longer watched)."""
         selector = self._selector
         assert selector is not None
-        selector.modify(self.sock, events)
+        if events is None:
+            if self._watching_sock:
+                selector.unregister(self.sock)
+                self._watching_sock = False
+        elif self._watching_sock:
+            selector.modify(self.sock, events)
+        else:
+            selector.register(self.sock, events)
+            self._watching_sock = True
         woken = _Wake.TIMEOUT
         for key, _mask in selector.select(timeout):
             if key.fileobj is self.sock:
@@ -241,10 +271,7 @@ class _Connection:
                     wake_r.recv(4096)
             else:
                 selector.unregister(self.server._close_r)
-                with self._lock:
-                    if self._close_request is None:
-                        self._close_request = (GOING_AWAY, "server shutting down")
-            woken = _Wake.CLOSE
+            woken = _Wake.POSTED
         return woken
 
     def _wait_for_socket(self, events: int, deadline: float) -> bool:
@@ -306,12 +333,14 @@ class SyncServer:
         self.factory = factory
         self.options = options or ServerOptions()
         self._listeners: list[socket.socket] = []
-        self._connections: dict[_Connection, threading.Thread] = {}
+        #: The open connections: the limit and the drain (shared policy).
+        self.connections = Connections(self.options)
         self._changed = threading.Condition()
+        self.connections.on_change(self._notify)
         self._accepting = True
         self._is_shut_down = False
         # A byte in _stop stops the accept loop; a byte in _close (never read: it stays
-        # readable) asks every connection thread to close with 1001.
+        # readable) wakes every connection thread to run what the drain posted to it.
         self._stop_r, self._stop_w = socket.socketpair()
         self._close_r, self._close_w = socket.socketpair()
         self._serving = threading.Lock()  # held by the thread running serve_forever
@@ -327,26 +356,38 @@ class SyncServer:
 
     @property
     def active_connections(self) -> int:
+        return self.connections.count
+
+    def _notify(self) -> None:
         with self._changed:
-            return len(self._connections)
+            self._changed.notify_all()
 
     def start(
-        self, host: str | None = "127.0.0.1", port: int = 9876, *, backlog: int = 128
+        self,
+        host: str | None = "127.0.0.1",
+        port: int = 9876,
+        *,
+        backlog: int = 128,
+        reuse_port: bool = False,
     ) -> None:
         """Bind and listen (``port=0`` picks a free port; see :attr:`port`). ``host=None``
-        listens on every interface (IPv6 and IPv4 where the system can)."""
-        warm_up("sync")
+        listens on every interface (IPv6 and IPv4 where the system can). ``reuse_port``
+        binds with SO_REUSEPORT (several processes on one port: ``serve --workers``)."""
+        warm_up("sync", self.options.config.unmask)
         if host is None and socket.has_dualstack_ipv6():
             sock = socket.create_server(
-                ("", port), family=socket.AF_INET6, backlog=backlog, dualstack_ipv6=True
+                ("", port), family=socket.AF_INET6, backlog=backlog, dualstack_ipv6=True,
+                reuse_port=reuse_port,
             )
         elif host is None:
-            sock = socket.create_server(("", port), backlog=backlog)
+            sock = socket.create_server(("", port), backlog=backlog, reuse_port=reuse_port)
         else:
             family, _type, _proto, _name, address = socket.getaddrinfo(
                 host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
             )[0]
-            sock = socket.create_server(address[:2], family=family, backlog=backlog)
+            sock = socket.create_server(
+                address[:2], family=family, backlog=backlog, reuse_port=reuse_port
+            )
         sock.setblocking(False)
         self._listeners.append(sock)
 
@@ -390,19 +431,17 @@ class SyncServer:
             pass
         for listener in self._listeners:
             listener.close()
-        drain = self.options.drain_timeout if drain_timeout is None else drain_timeout
-        deadline = time.monotonic() + drain
-        with self._changed:
-            while self._connections and (remaining := deadline - time.monotonic()) > 0:
-                self._changed.wait(remaining)
-            remaining_count = len(self._connections)
-        if remaining_count:
-            log.info("closing %d connection(s) with 1001", remaining_count)
-        with contextlib.suppress(OSError):
-            self._close_w.send(b"\0")  # every connection thread sees it and closes
-        with self._changed:
-            while self._connections:
-                self._changed.wait()
+        for timeout in self.connections.drain(drain_timeout):
+            if timeout is None:  # closes were posted: wake every connection thread
+                with contextlib.suppress(OSError):
+                    self._close_w.send(b"\0")
+            deadline = None if timeout is None else time.monotonic() + timeout
+            with self._changed:
+                while self.connections.count:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        break
+                    self._changed.wait(remaining)
         if self._background is not None:
             self._background.join()
         for sock in (self._stop_r, self._stop_w, self._close_r, self._close_w):
@@ -433,13 +472,9 @@ class SyncServer:
             log.error("accept failed (%s); retrying in %ss", exc, _ACCEPT_RETRY_DELAY)
             time.sleep(_ACCEPT_RETRY_DELAY)
             return
-        with self._changed:
-            overloaded = len(self._connections) >= self.options.max_connections
-            conn = _Connection(self, sock, str(address), overloaded)
-            thread = threading.Thread(
-                target=conn.run, name=f"meetstream-live {address}", daemon=True
-            )
-            self._connections[conn] = thread
+        conn = _Connection(self, sock, str(address), self.connections.overloaded())
+        thread = threading.Thread(target=conn.run, name=f"meetstream-live {address}", daemon=True)
+        self.connections.add(conn, conn.post)
         try:
             thread.start()
         except RuntimeError:  # can't start new thread
@@ -448,9 +483,7 @@ class SyncServer:
             self._remove(conn)
 
     def _remove(self, conn: _Connection) -> None:
-        with self._changed:
-            self._connections.pop(conn, None)
-            self._changed.notify_all()
+        self.connections.discard(conn)
 
 
 @contextlib.contextmanager
@@ -594,15 +627,17 @@ def run(
     options: ServerOptions | None = None,
     *,
     on_ready: Callable[[int], None] | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully (blocking; main thread only).
 
     ``on_ready`` is called with the bound port once the server accepts connections.
+    ``reuse_port`` binds with SO_REUSEPORT (several processes on one port: ``--workers``).
     """
     import signal
 
     server = SyncServer(factory, options)
-    server.start(host, port)
+    server.start(host, port, reuse_port=reuse_port)
 
     def on_signal(signum: int, frame: object) -> None:
         server._stop_accepting()

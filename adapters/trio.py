@@ -1,15 +1,15 @@
 """The trio adapter: a receiver on trio TCP listeners (TLS with :class:`trio.SSLStream`), and a
 bot client.
 
-One task per connection owns its stream and its :class:`ConnectionDriver`. The handler runs in a
-worker thread (``trio.to_thread.run_sync``, one call at a time per connection, in order), or in
-the connection task for the batches it says it takes without blocking
-(``Handler.dispatch_inline``, as with asyncio: the recorder's media), and the stream is not
-read while more than ``max_pending_bytes`` of media wait for the handler. Reads ask for 64 KiB,
-up to ``read_size`` while they come back full (:class:`ReadSizer`).
-Other tasks never touch a driver: to close a connection (shutdown, a failed handler, the
-handler's ``ConnectionInfo.close``, brought to the trio thread by ``TrioToken.run_sync_soon``)
-they set a flag and cancel the connection's read, and the connection task does the rest.
+One task per connection owns its stream and its :class:`ConnectionDriver`. The handler runs in
+the server's handler threads (:class:`~._delivery.Delivery`, one call at a time per connection,
+in order), or in the connection task for the batches it says it takes without blocking
+(``Handler.dispatch_inline``, as with asyncio: the recorder's media), and the stream is not read
+while the connection's backlog is over ``max_pending_bytes``. Reads ask for 64 KiB, up to
+``read_size`` while they come back full (:class:`ReadSizer`). Other tasks and threads never
+touch a driver: they ``post`` to the connection (a close on shutdown, after a handler error,
+from the handler's ``ConnectionInfo.close``; an HTTP answer), which ``TrioToken.run_sync_soon``
+brings to the trio thread; the connection's read is interrupted and its task does the rest.
 """
 
 from __future__ import annotations
@@ -26,29 +26,15 @@ from meetstream_live import (
     BotClosed,
     BotConnection,
     BotState,
-    Disconnected,
     Event,
     parse_ws_url,
 )
 
-from ._common import (
-    GOING_AWAY,
-    AsyncBotSends,
-    ConnectionDriver,
-    Handler,
-    HandlerFactory,
-    InlineOffer,
-    ReadSizer,
-    ServerOptions,
-    Step,
-    client_tls,
-    deliver,
-    handshake_outcome,
-    log,
-    media_size,
-    now_ms,
-    warm_up,
-)
+from ._bots import AsyncBotSends, client_tls, handshake_outcome
+from ._delivery import Delivery, handler_pool
+from ._driver import ConnectionDriver, Connections, ReadSizer, Step, log, now_ms
+from ._handler import HandlerFactory, ServerOptions
+from ._system import warm_up
 
 __all__ = ["TrioBot", "TrioServer", "run", "serve"]
 
@@ -72,119 +58,57 @@ def _fail_after(seconds: float | None) -> Iterator[None]:
         raise TimeoutError(f"timed out after {seconds} s") from None
 
 
-class _Runner:
-    """Calls one connection's handler in a worker thread, in order, and counts the media
-    waiting. Handler calls are shielded: once read, every event reaches the handler.
-
-    When nothing of the connection is queued or running in a thread, a batch is first offered
-    to :meth:`Handler.dispatch_inline`, right here in the trio thread (:class:`InlineOffer`:
-    the asyncio adapter's rule, stall backoff included), which saves a thread hop per read.
-    """
-
-    def __init__(
-        self,
-        handler: Handler,
-        nursery: trio.Nursery,
-        on_progress: Callable[[], None],
-        on_error: Callable[[], None],
-        limiter: trio.CapacityLimiter,
-    ) -> None:
-        self.handler = handler
-        self.limiter = limiter
-        self.pending = 0
-        self.error: Exception | None = None
-        self._nursery = nursery
-        self._on_progress = on_progress
-        self._on_error = on_error
-        self._batches: deque[list[Event]] = deque()
-        self._running = False
-        self._inline = InlineOffer(handler)
-
-    def submit(self, events: list[Event]) -> None:
-        if not self._running and self.error is None:  # idle: nothing queued or in a thread
-            done = self._inline.offer(events)
-            if isinstance(done, Exception):  # a handler error: the connection closes (1011)
-                self.error = done
-                self._on_error()
-                return
-            if done:
-                return
-        self.pending += media_size(events)
-        self._batches.append(events)
-        if not self._running:
-            self._running = True
-            self._nursery.start_soon(self._run)
-
-    async def _run(self) -> None:
-        try:
-            with trio.CancelScope(shield=True):
-                while self._batches:
-                    batch: list[Event] = []
-                    while self._batches:
-                        batch += self._batches.popleft()
-                    size = media_size(batch)
-                    if self.error is not None:
-                        # After a failure the handler only hears of the disconnect.
-                        batch = [e for e in batch if isinstance(e, Disconnected)]
-                    error = await trio.to_thread.run_sync(
-                        deliver, self.handler, batch, limiter=self.limiter
-                    )
-                    self.pending -= size
-                    if error is not None and self.error is None:
-                        self.error = error
-                        self._on_error()
-                    else:
-                        self._on_progress()
-        finally:
-            self._running = False
-
-
 class _Connection:
-    """One accepted stream, driven by its own task (:meth:`run`)."""
+    """One accepted stream, driven by its own task (:meth:`run`). Other threads and tasks
+    :meth:`post` to it (brought to the trio thread by ``TrioToken.run_sync_soon``): the request
+    is queued, the connection's read interrupted, and the connection task runs it."""
 
     def __init__(
         self,
-        driver: ConnectionDriver,
+        server: TrioServer,
         stream: trio.abc.Stream,
-        options: ServerOptions,
-        nursery: trio.Nursery,
-        limiter: trio.CapacityLimiter,
+        peer: str,
+        token: trio.lowlevel.TrioToken,
     ) -> None:
-        self.driver = driver
+        options = server.options
         self.stream = stream
         self.options = options
-        self.limiter = limiter
-        self.runner: _Runner | None = None
-        self._nursery = nursery
+        self._server = server
+        self._token = token
+        self.driver = ConnectionDriver(
+            options,
+            server.factory,
+            peer=peer,
+            post=self.post,
+            overloaded=server.connections.overloaded(),
+        )
+        self.driver.backlog.on_below = self._below
+        self.delivery: Delivery | None = None
         self._write_timeout = options.config.close_timeout_ms / 1000
-        self._close_request: tuple[int, str] | None = None  # the first request wins
-        self._close_sent = False
+        self._posted: deque[Callable[[ConnectionDriver], Step | None]] = deque()
         self._broken = False
+        self._paused = False
         self._sizer = ReadSizer(options.read_size)  # bytes asked per read
         self._read_scope = trio.CancelScope()
         self._wakeup = trio.Event()
 
-    # ------------------------------------------------------------------ from other tasks
+    # ------------------------------------------------------------------ from anywhere
 
-    def request_close(self, code: int = GOING_AWAY, reason: str = "server shutting down") -> None:
-        """Ask the connection task to close (1001 by default: shutdown); in the trio thread."""
-        if self.driver.closed or self._close_request is not None:
-            return
-        self._close_request = (code, reason)
+    def post(self, fn: Callable[[ConnectionDriver], Step | None]) -> None:
+        """The driver's ``post``, from any thread, the trio thread included (``run_sync_soon``
+        neither blocks nor needs a task)."""
+        with contextlib.suppress(trio.RunFinishedError):  # the server is gone: so is this
+            self._token.run_sync_soon(self._enqueue, fn)
+
+    def _enqueue(self, fn: Callable[[ConnectionDriver], Step | None]) -> None:
+        self._posted.append(fn)
         self._interrupt()
 
-    def close_from_anywhere(self, token: trio.lowlevel.TrioToken) -> Callable[[int, str], None]:
-        """``ConnectionInfo.close``: :meth:`request_close` from any thread, the trio thread
-        included (``run_sync_soon`` neither blocks nor needs a task)."""
+    def _below(self) -> None:
+        """The backlog's wake-up (any thread): read again."""
+        self._soon(self._wake)
 
-        def close(code: int, reason: str) -> None:
-            with contextlib.suppress(trio.RunFinishedError):  # the server is gone: so is this
-                token.run_sync_soon(self.request_close, code, reason)
-
-        return close
-
-    def _notify(self) -> None:
-        """Wake the connection task if it waits for the handler (backpressure)."""
+    def _wake(self) -> None:
         self._wakeup.set()
 
     def _interrupt(self) -> None:
@@ -209,9 +133,20 @@ class _Connection:
                     self._submit(step.events)
 
     async def aclose(self) -> None:
-        """Close the stream (a TLS close_notify at most ``close_timeout`` long)."""
+        """Close the stream (a TLS close_notify at most ``close_timeout`` long), once the
+        handler has had every event."""
+        delivery = self.delivery
+        if delivery is not None:
+            idle = trio.Event()
+            if not delivery.when_idle(lambda: self._soon(idle.set)):
+                with trio.CancelScope(shield=True):
+                    await idle.wait()
         with trio.move_on_after(self._write_timeout):
             await self.stream.aclose()
+
+    def _soon(self, fn: Callable[[], None]) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(fn)
 
     async def _tls_handshake(self) -> bool:
         stream = self.stream
@@ -226,42 +161,27 @@ class _Connection:
         return False  # timed out, or the server is shutting down
 
     async def _read_loop(self) -> None:
-        driver, options = self.driver, self.options
+        driver = self.driver
         while not driver.closed:
-            step = self._requested_step()
-            if step is None:
-                step = await self._read()
+            if self._posted:
+                fn = self._posted.popleft()
+                step = fn(driver)
+                if step is not None:
+                    await self._process(step)
+                continue
+            if self._paused:
+                if driver.backlog.over:
+                    self._wakeup = trio.Event()
+                    if driver.backlog.over:
+                        await self._wakeup.wait()  # the backlog's wake-up, or a post
+                    continue
+                self._paused = False
+                driver.resumed()  # the pause was ours, not the bot's idleness
+                continue
+            step = await self._read()
             await self._process(step)  # pongs go out before the handler sees this read's media
             if step.closed or self._broken:  # (the broken case is closed by _process)
                 break
-            runner = self.runner
-            paused = False
-            while (
-                runner is not None
-                and runner.pending > options.max_pending_bytes
-                and runner.error is None
-                and not self._close_due()
-            ):
-                paused = True
-                self._wakeup = trio.Event()
-                await self._wakeup.wait()
-            if paused:
-                driver.resumed()  # the pause was ours, not the bot's idleness
-
-    def _close_due(self) -> bool:
-        return self._close_request is not None and not self._close_sent
-
-    def _requested_step(self) -> Step | None:
-        """What other tasks asked for: the 1011 close after a handler error, or a requested one
-        (1001 on shutdown, or the handler's)."""
-        runner, driver = self.runner, self.driver
-        if runner is not None and runner.error is not None and not driver.handler_failed:
-            return driver.handler_error(runner.error)
-        request = self._close_request
-        if request is not None and not self._close_sent:
-            self._close_sent = True
-            return driver.close(*request)
-        return None
 
     def _scope(self, timeout: float | None) -> trio.CancelScope:
         """A cancel scope with ``timeout`` that :meth:`_interrupt` cancels too (cancelling it
@@ -285,7 +205,7 @@ class _Connection:
                 sizer.update(len(data))
         if data is None:
             # The deadline passed (a no-op if not quite due), or another task interrupted us
-            # (the loop then does what was asked).
+            # (the loop then runs what was posted).
             return driver.timeout()
         return driver.receive(data)
 
@@ -294,16 +214,20 @@ class _Connection:
             self._broken = True
         if step.events:
             self._submit(step.events)
+            if not self._paused and self.driver.backlog.should_pause():
+                self._paused = True
         if self._broken and not self.driver.closed:
             await self._process(self.driver.receive(b""))
 
     def _submit(self, events: list[Event]) -> None:
-        if self.runner is None:
-            assert self.driver.handler is not None
-            self.runner = _Runner(
-                self.driver.handler, self._nursery, self._notify, self._interrupt, self.limiter
+        delivery = self.delivery
+        if delivery is None:
+            calls = self.driver.calls
+            assert calls is not None
+            delivery = self.delivery = Delivery(
+                calls, self._server._executor, self.post, self.driver.backlog
             )
-        self.runner.submit(events)
+        delivery.submit(events)
 
     async def _send(self, data: bytes) -> bool:
         """Write ``data``; False when the connection is lost or stalls for ``close_timeout``
@@ -325,13 +249,14 @@ class TrioServer:
         self.factory = factory
         self.options = options or ServerOptions()
         self._listeners: list[trio.SocketListener] = []
-        self._connections: set[_Connection] = set()
+        #: The open connections: the limit and the drain (shared policy).
+        self.connections = Connections(self.options)
         self._changed = trio.Event()
-        self._accepting = True
+        self._token: trio.lowlevel.TrioToken | None = None
         self._serving = False
         self._accept_scope = trio.CancelScope()
         #: The handler threads (``ServerOptions.handler_threads``), shared by all connections.
-        self.limiter = trio.CapacityLimiter(self.options.handler_threads)
+        self._executor = handler_pool(self.options.handler_threads)
 
     @property
     def listeners(self) -> list[trio.SocketListener]:
@@ -347,22 +272,38 @@ class TrioServer:
 
     @property
     def active_connections(self) -> int:
-        return len(self._connections)
+        return self.connections.count
 
     async def start(
-        self, host: str | None = "127.0.0.1", port: int = 9876, *, backlog: int | None = None
+        self,
+        host: str | None = "127.0.0.1",
+        port: int = 9876,
+        *,
+        backlog: int | None = None,
+        reuse_port: bool = False,
     ) -> None:
         """Bind and listen (``port=0`` picks a free port; see :attr:`port`). Connections wait
-        in the backlog until :meth:`serve_forever` runs."""
-        warm_up("trio")
-        self._listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+        in the backlog until :meth:`serve_forever` runs. ``reuse_port`` binds with
+        SO_REUSEPORT (several processes on one port: ``serve --workers``)."""
+        warm_up("trio", self.options.config.unmask)
+        self._token = token = trio.lowlevel.current_trio_token()
+
+        def changed() -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._changed.set)
+
+        self.connections.on_change(changed)
+        if reuse_port:
+            self._listeners = await _reuse_port_listeners(host, port, backlog)
+        else:
+            self._listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
 
     async def serve_forever(self) -> None:
         """Accept and serve connections; returns after :meth:`shutdown`, once every connection
         is over."""
         if not self._listeners:
             raise RuntimeError("call start() before serve_forever()")
-        if not self._accepting:
+        if not self.connections.accepting:
             return
         self._serving = True
         try:
@@ -377,19 +318,14 @@ class TrioServer:
     async def shutdown(self, drain_timeout: float | None = None) -> None:
         """Stop accepting; let streams run up to ``drain_timeout``; close the rest with 1001;
         return when every handler has finished."""
-        self._accepting = False
         self._accept_scope.cancel()  # serve_listeners closes the listeners
         if not self._serving:
             for listener in self._listeners:
                 await listener.aclose()
-        drain = self.options.drain_timeout if drain_timeout is None else drain_timeout
-        with trio.move_on_after(drain):
-            await self._wait_idle()
-        if self._connections:
-            log.info("closing %d connection(s) with 1001", len(self._connections))
-        for conn in list(self._connections):
-            conn.request_close()
-        await self._wait_idle()
+        for timeout in self.connections.drain(drain_timeout):
+            with trio.move_on_after(math.inf if timeout is None else timeout):
+                await self._wait_idle()
+        self._executor.shutdown(wait=False)
 
     async def __aenter__(self) -> TrioServer:
         return self
@@ -400,46 +336,62 @@ class TrioServer:
     # ------------------------------------------------------------------ internals
 
     async def _wait_idle(self) -> None:
-        while self._connections:
+        while self.connections.count:
             if self._changed.is_set():
                 self._changed = trio.Event()
+                continue
             await self._changed.wait()
 
     async def _serve(self, tcp: trio.SocketStream) -> None:
-        if not self._accepting:
+        if not self.connections.accepting:
             await trio.aclose_forcefully(tcp)
             return
         try:
             peer = str(tcp.socket.getpeername())
         except OSError:
             peer = "?"
-        driver = ConnectionDriver(
-            self.options,
-            self.factory,
-            peer=peer,
-            overloaded=len(self._connections) >= self.options.max_connections,
-        )
         context = self.options.ssl
         stream: trio.abc.Stream = (
             tcp if context is None else trio.SSLStream(tcp, context, server_side=True)
         )
-        conn: _Connection | None = None
+        conn = _Connection(self, stream, peer, trio.lowlevel.current_trio_token())
+        self.connections.add(conn, conn.post)
         try:
-            async with trio.open_nursery() as nursery:  # for the handler runner
-                conn = _Connection(driver, stream, self.options, nursery, self.limiter)
-                driver.request_close = conn.close_from_anywhere(
-                    trio.lowlevel.current_trio_token()
-                )
-                self._connections.add(conn)
-                await conn.run()
-                await conn.aclose()  # close the socket now; the nursery waits for the handler
+            await conn.run()
         except Exception:
             log.exception("connection from %s failed", peer)
         finally:
-            if conn is not None:
-                self._connections.discard(conn)
-            self._changed.set()
+            with trio.CancelScope(shield=True):  # cancelled or not, the handler hears the end
+                await conn.aclose()  # the socket closes once the handler has every event
+            self.connections.discard(conn)
             await trio.aclose_forcefully(tcp)  # raises Cancelled when cancelled from outside
+
+
+async def _reuse_port_listeners(
+    host: str | None, port: int, backlog: int | None
+) -> list[trio.SocketListener]:
+    """Listeners bound with SO_REUSEPORT, one per address of ``host`` (every interface when
+    ``None``), as ``trio.open_tcp_listeners`` would make them otherwise."""
+    infos = await trio.socket.getaddrinfo(
+        host, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE
+    )
+    listeners: list[trio.SocketListener] = []
+    for family, kind, proto, _name, address in infos:
+        sock = trio.socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+            if family == trio.socket.AF_INET6:
+                sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+            await sock.bind(address)
+            sock.listen(backlog or 0xFFFF)
+        except BaseException:
+            sock.close()
+            for listener in listeners:
+                listener.socket.close()
+            raise
+        listeners.append(trio.SocketListener(sock))
+    return listeners
 
 
 @contextlib.asynccontextmanager
@@ -565,16 +517,18 @@ def run(
     options: ServerOptions | None = None,
     *,
     on_ready: Callable[[int], None] | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully (blocking; main thread only).
 
     ``on_ready`` is called with the bound port once the server accepts connections.
+    ``reuse_port`` binds with SO_REUSEPORT (several processes on one port: ``--workers``).
     """
     import signal
 
     async def main() -> None:
         server = TrioServer(factory, options)
-        await server.start(host, port)
+        await server.start(host, port, reuse_port=reuse_port)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.serve_forever)
             # Kept open during the shutdown: a second signal does not interrupt it.

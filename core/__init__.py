@@ -8,7 +8,9 @@ lives in the ``adapters`` subpackage, which imports this one (never the reverse)
   WebSocket with wsproto, then the MeetStream :class:`Session`).
 * :class:`Session` — the message layer alone (for stacks that do their own WebSocket framing).
 * :class:`BotConnection` — the MeetStream bot's side, for simulators and tests.
-* :class:`Fmp4Scanner` — an incremental scanner of the fragmented MP4 byte stream.
+* :mod:`meetstream_live.fmp4` — the fragmented MP4 library: :class:`Fmp4Scanner`, an
+  incremental scanner of the byte stream, and its events (re-exported here as well).
+* :class:`CloseCode` and :class:`DisconnectCause` — close codes, and why a connection ended.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from ._events import (
     BotAccepted,
     BotClosed,
     BotRejected,
+    CloseCode,
+    DisconnectCause,
     Disconnected,
     Event,
     HTTPRejected,
@@ -32,16 +36,6 @@ from ._events import (
     StreamStarted,
     WarningKind,
 )
-from ._fmp4 import (
-    BoxSeen,
-    Fmp4Event,
-    Fmp4Scanner,
-    FragmentComplete,
-    InitSegment,
-    Malformed,
-    TrackInfo,
-    TrackRun,
-)
 from ._mask import unmask_backend
 from ._server import (
     ConnectionState,
@@ -52,6 +46,16 @@ from ._server import (
     route_request,
 )
 from ._session import TRANSITIONS, CloseRequest, Session, SessionInput, SessionState
+from .fmp4 import (
+    BoxSeen,
+    Fmp4Event,
+    Fmp4Scanner,
+    FragmentComplete,
+    InitSegment,
+    Malformed,
+    TrackInfo,
+    TrackRun,
+)
 
 __version__ = "0.1.0"
 
@@ -64,8 +68,10 @@ __all__ = [
     "BotRejected",
     "BotState",
     "BoxSeen",
+    "CloseCode",
     "CloseRequest",
     "ConnectionState",
+    "DisconnectCause",
     "Disconnected",
     "Event",
     "Fmp4Event",

@@ -19,6 +19,8 @@ __all__ = [
     "BotAccepted",
     "BotClosed",
     "BotRejected",
+    "CloseCode",
+    "DisconnectCause",
     "Disconnected",
     "Event",
     "HTTPRejected",
@@ -39,6 +41,49 @@ class Event:
     """Base class of every event the core emits."""
 
     __slots__ = ()
+
+
+class CloseCode(enum.IntEnum):
+    """The WebSocket close codes this library sends or reports (RFC 6455 section 7.4.1).
+
+    An ``IntEnum``: a code compares equal to its number, and a code a peer sends that is not
+    listed here is reported as a plain ``int``.
+    """
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    NO_STATUS = 1005
+    ABNORMAL = 1006
+    INVALID_DATA = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+
+
+class DisconnectCause(str, enum.Enum):
+    """Why a connection ended, for callers that must not parse reason strings."""
+
+    #: The bot sent a close frame (``code`` is its code).
+    REMOTE_CLOSE = "remote_close"
+    #: The transport ended without a close handshake (EOF, reset): ``code`` 1006.
+    CONNECTION_LOST = "connection_lost"
+    #: The bot broke the WebSocket protocol (bad frame, bad UTF-8...): we closed with its code.
+    PROTOCOL_ERROR = "protocol_error"
+    #: A limit of ``ServerConfig`` was exceeded (1009).
+    MESSAGE_TOO_BIG = "message_too_big"
+    #: The bot sent nothing for ``idle_timeout_ms``: we closed with 1001.
+    IDLE_TIMEOUT = "idle_timeout"
+    #: We closed on request of the caller (``ServerConnection.close``); the next two are the
+    #: same, with the reason the caller gave. Once we start a close, the cause stays ours,
+    #: whether the bot answers, drops the connection or never answers.
+    LOCAL_CLOSE = "local_close"
+    #: We closed because the server shuts down (1001).
+    SHUTDOWN = "shutdown"
+    #: We closed because the application's handler failed (1011).
+    HANDLER_ERROR = "handler_error"
 
 
 # ---------------------------------------------------------------- HTTP phase (server side)
@@ -161,12 +206,14 @@ class Disconnected(Event):
     ``code`` is the close code: the bot's when it closed, ours when we did (1009, 1001...),
     1006 when the transport ended without a close handshake. ``clean``
     is true when no stream was left open: every started stream ended with
-    ``video_stream_end`` and no bytes were left without a stream.
+    ``video_stream_end`` and no bytes were left without a stream. ``cause`` says why, in a
+    form made for programs (``reason`` is for people).
     """
 
     code: int
     reason: str
     clean: bool
+    cause: DisconnectCause = field(default=DisconnectCause.CONNECTION_LOST, compare=False)
 
 
 # ---------------------------------------------------------------- bot (client) side

@@ -57,15 +57,22 @@ from wsproto.frame_protocol import FrameDecoder, FrameProtocol, MessageDecoder, 
 from . import _mask
 from ._mask import Unmask, UnmaskRun
 
-__all__ = ["MODE", "RUN_BYTES", "WSPROTO_TESTED", "FastLane", "fast_lane", "wsproto_mismatch"]
+__all__ = [
+    "RUN_BYTES",
+    "UNMASK_MODES",
+    "WSPROTO_TESTED",
+    "FastLane",
+    "fast_lane",
+    "wsproto_mismatch",
+]
 
 #: The wsproto releases whose internals this module was checked against: ``>= 1.2, < 1.4``
 #: (1.2.0 and 1.3.2 have the same ``frame_protocol`` and ``connection``, ruff reformatting aside).
 WSPROTO_TESTED = ((1, 2), (1, 4))
 
-#: A module switch for tests and benchmarks: ``"auto"`` (numpy when importable, else Python),
-#: ``"numpy"``, ``"python"``, or ``"off"`` for the stock wsproto path. Read per connection.
-MODE = "auto"
+#: What ``ServerConfig.unmask`` may say: ``"auto"`` (numpy when importable, else Python),
+#: ``"numpy"``, ``"python"``, or ``"off"`` for the stock wsproto path.
+UNMASK_MODES = frozenset({"auto", "numpy", "python", "off"})
 
 
 def _version(text: str) -> tuple[int, ...] | None:
@@ -101,18 +108,18 @@ def wsproto_mismatch(ws: Connection, version: str = wsproto.__version__) -> str 
 
 def fast_lane(
     ws: Connection,
-    mode: str | None = None,
+    mode: str = "auto",
     *,
     run_limit: int | None = None,
     run_bytes: int | None = None,
 ) -> FastLane | None:
     """A :class:`FastLane` for a fresh wsproto server connection, or ``None`` for the stock path.
 
-    ``mode`` defaults to :data:`MODE`. A wsproto that does not match what the lane was written
-    against is reported with a ``RuntimeWarning`` and gets the stock path. ``run_limit`` and
-    ``run_bytes`` are :attr:`FastLane.run_limit` and :attr:`FastLane.run_bytes`.
+    ``mode`` is one of :data:`UNMASK_MODES` (``ServerConfig.unmask``). A wsproto that does not
+    match what the lane was written against is reported with a ``RuntimeWarning`` and gets the
+    stock path. ``run_limit`` and ``run_bytes`` are :attr:`FastLane.run_limit` and
+    :attr:`FastLane.run_bytes`.
     """
-    mode = MODE if mode is None else mode
     if mode == "off":
         return None
     problem = wsproto_mismatch(ws)
@@ -123,15 +130,11 @@ def fast_lane(
             stacklevel=2,
         )
         return None
-    if mode == "auto":
-        mode = _mask.best()[0]
-    elif mode == "numpy":
-        _mask.best()  # registers numpy's unmaskers where numpy imports
-    unmask = _mask.BACKENDS[mode]  # KeyError: no such backend here
+    _name, unmask, unmask_run = _mask.unmaskers(mode)
     return FastLane(
         ws,
         unmask,
-        _mask.RUN_BACKENDS[mode],
+        unmask_run,
         run_limit=run_limit,
         run_bytes=RUN_BYTES if run_bytes is None else run_bytes,
     )

@@ -1,7 +1,8 @@
 """Unmasking WebSocket payloads (RFC 6455 section 5.3): XOR with a 4-byte key, fast.
 
 A client masks every byte it sends; the server XORs them back. This is the hottest loop of the
-receiver, so there are two implementations with one contract, and :func:`best` picks one:
+receiver, so there are two implementations with one contract, and :func:`unmaskers` picks one
+(by ``ServerConfig.unmask``):
 
 * ``"numpy"``: 8 bytes per XOR, vectorized (about 0.05 ns a byte). Used when numpy can be
   imported; numpy is *not* a dependency of meetstream-live, only an optional speedup.
@@ -24,22 +25,21 @@ strided temporaries.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from typing import Any
 
 __all__ = [
-    "BACKENDS",
-    "RUN_BACKENDS",
     "Buffer",
     "Unmask",
     "UnmaskRun",
-    "best",
     "numpy_unmask",
     "numpy_unmaskers",
     "unmask_backend",
     "unmask_python",
     "unmask_run_python",
+    "unmaskers",
 ]
 
 #: What the unmaskers read from: a read's bytes, or the reader's own buffer, read in place.
@@ -167,35 +167,34 @@ def numpy_unmaskers() -> tuple[Unmask, UnmaskRun] | None:
     return unmask_numpy, unmask_run_numpy
 
 
-#: The unmaskers by name; ``"numpy"`` is added by :func:`best` where numpy imports.
-BACKENDS: dict[str, Unmask] = {"python": unmask_python}
-#: The :data:`UnmaskRun` of each backend in :data:`BACKENDS`, by the same name.
-RUN_BACKENDS: dict[str, UnmaskRun] = {"python": unmask_run_python}
-
-_chosen: list[tuple[str, Unmask]] = []
+@functools.cache
+def _numpy() -> tuple[Unmask, UnmaskRun] | None:
+    """numpy's pair, loaded once per process (a failed import is not retried per connection)."""
+    return numpy_unmaskers()
 
 
-def best() -> tuple[str, Unmask]:
-    """The fastest unmasker available here, and its name: numpy when importable, else Python
-    (:data:`RUN_BACKENDS` has its run companion under the same name).
+def unmaskers(name: str = "auto") -> tuple[str, Unmask, UnmaskRun]:
+    """The unmaskers called ``name`` (``"auto"``: numpy when it imports, else ``"python"``),
+    with the name of the ones returned. ``ValueError`` for an unknown name or ``"numpy"``
+    where numpy does not import."""
+    if name in ("auto", "numpy"):
+        pair = _numpy()
+        if pair is not None:
+            return ("numpy", *pair)
+        if name == "numpy":
+            raise ValueError("the numpy unmasker needs numpy, which does not import here")
+        return "python", unmask_python, unmask_run_python
+    if name == "python":
+        return "python", unmask_python, unmask_run_python
+    raise ValueError(f"no unmasker called {name!r}")
 
-    Decided once per process (a failed import is not retried on every connection).
-    """
-    if not _chosen:
-        fast = numpy_unmaskers()
-        if fast is None:
-            _chosen.append(("python", unmask_python))
-        else:
-            BACKENDS["numpy"], RUN_BACKENDS["numpy"] = fast
-            _chosen.append(("numpy", fast[0]))
-    return _chosen[0]
 
-
-def unmask_backend() -> str:
-    """The unmasker this process uses for binary payloads: ``"numpy"`` or ``"python"``.
+def unmask_backend(name: str = "auto") -> str:
+    """The unmasker a connection configured with ``name`` (``ServerConfig.unmask``) uses:
+    ``"numpy"`` or ``"python"``.
 
     Calling it loads numpy now, if it is installed, instead of on the first connection: servers
     call it at start-up, so that the import (tens of milliseconds, and the thread pool numpy's
     BLAS starts) never lands in the middle of a stream.
     """
-    return best()[0]
+    return unmaskers(name)[0]

@@ -32,8 +32,16 @@ from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError as WSRemoteProtocolError
 
 from ._errors import LocalProtocolError
-from ._events import Accepted, Event, Headers, HTTPRejected, HTTPRequest
-from ._frames import RUN_BYTES, FastLane, fast_lane
+from ._events import (
+    Accepted,
+    CloseCode,
+    DisconnectCause,
+    Event,
+    Headers,
+    HTTPRejected,
+    HTTPRequest,
+)
+from ._frames import RUN_BYTES, UNMASK_MODES, FastLane, fast_lane
 from ._session import (
     DEFAULT_MAX_EARLY_BYTES,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -50,10 +58,6 @@ __all__ = [
     "ServerConnection",
     "route_request",
 ]
-
-GOING_AWAY = 1001
-ABNORMAL_CLOSURE = 1006
-
 
 class ConnectionState(enum.Enum):
     """Where a connection is. ``CLOSED`` means: send ``data_to_send()``, then close the socket."""
@@ -75,6 +79,8 @@ class ServerConfig:
     token: str | None = None
     #: Paths served as plain HTTP: each request on them comes out as an :class:`HTTPRequest`.
     http_paths: frozenset[str] = field(default_factory=frozenset)
+    #: Path prefixes served as plain HTTP likewise (``"/live/"``: every path below it).
+    http_prefixes: tuple[str, ...] = ()
     #: Largest HTTP request head; larger ones get 431.
     max_request_head: int = 16 * 1024
     #: Binary data held while waiting for ``video_stream_start``; over it, close 1009.
@@ -96,6 +102,13 @@ class ServerConfig:
     #: per big allocation; with an allocator tuned for big blocks (``serve`` does it, see
     #: the adapters' ``tune_allocator``) 1 MiB makes one chunk per read, faster.
     max_joined_bytes: int = RUN_BYTES
+    #: How binary payloads are unmasked: ``"auto"`` (numpy when it imports, else pure
+    #: Python), ``"numpy"``, ``"python"``, or ``"off"`` for wsproto's own path (no fast lane).
+    unmask: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.unmask not in UNMASK_MODES:
+            raise ValueError(f"unmask must be one of {sorted(UNMASK_MODES)}, not {self.unmask!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +190,7 @@ def route_request(
         return Reject(400, f"bad request target: {exc}")
     path = parts.path or "/"
     upgrade = any(name == b"upgrade" and b"websocket" in value.lower() for name, value in headers)
-    if not upgrade and path in config.http_paths:
+    if not upgrade and (path in config.http_paths or path.startswith(config.http_prefixes)):
         return Route(path, parts.query, http=True)
     if config.path is not None and path != config.path:
         return Reject(404, f"no WebSocket endpoint at {path}", path)
@@ -220,15 +233,18 @@ class ServerConnection:
 
     Drive it like this (the whole contract):
 
-    1. ``events = conn.receive_data(data, now_ms)`` for every read; ``b""`` means EOF.
+    1. ``events = conn.receive_data(data, now_ms, wall_ms)`` for every read; ``b""`` means
+       EOF (the only way to say it).
     2. After **every** call that can send (``receive_data``, ``handle_timeout``, ``close``,
        ``send_response``), write ``conn.data_to_send()`` to the socket, before handling the
        events: pongs must not wait behind slow work.
     3. Call ``handle_timeout(now_ms)`` when ``next_deadline()`` (a ``now_ms`` value) has passed.
     4. When ``conn.state`` is ``CLOSED``, write what is left and close the socket.
 
-    ``now_ms`` is the Unix time in milliseconds: it stamps ``server_received_at_ms`` and drives
-    the deadlines. Remote misbehaviour never raises: it comes out as events.
+    Two clocks, in milliseconds: ``now_ms`` drives the deadlines and should be monotonic (a
+    wall clock stepped by NTP would fire or stall timeouts); ``wall_ms``, the Unix time,
+    stamps ``server_received_at_ms`` in pongs (``None``: ``now_ms`` is used, for callers whose
+    ``now_ms`` is the Unix time). Remote misbehaviour never raises: it comes out as events.
     """
 
     def __init__(
@@ -253,7 +269,9 @@ class ServerConnection:
         self._started_ms = now_ms
         self._last_activity_ms = now_ms
         self._closing_since_ms = now_ms
+        self._wall_ms = now_ms  # the Unix time of the current call, for pong stamps
         self._close_code: tuple[int, str] | None = None
+        self._close_cause = DisconnectCause.LOCAL_CLOSE
         self._discard_input = False
         self._http_bytes = 0
 
@@ -269,14 +287,18 @@ class ServerConnection:
         self._out.clear()
         return out
 
-    def receive_data(self, data: bytes | bytearray | memoryview, now_ms: int) -> list[Event]:
+    def receive_data(
+        self, data: bytes | bytearray | memoryview, now_ms: int, wall_ms: int | None = None
+    ) -> list[Event]:
         """Feed bytes read from the socket (``b""`` for EOF) and return the events they make.
 
         ``data`` may be the caller's own read buffer (a ``bytearray`` or a ``memoryview`` of
         one, as ``recv_into`` fills it): it is read in place, and nothing keeps a reference to
-        it after the call, so the buffer can be reused for the next read at once.
+        it after the call, so the buffer can be reused for the next read at once. ``now_ms``
+        and ``wall_ms``: see the class.
         """
         self._last_activity_ms = now_ms
+        self._wall_ms = now_ms if wall_ms is None else wall_ms
         if self.state is ConnectionState.HANDSHAKE:
             return self._receive_http(data, now_ms)
         if self.state in (ConnectionState.OPEN, ConnectionState.CLOSING):
@@ -299,13 +321,21 @@ class ServerConnection:
         self._out += _response(status, all_headers, body)
         self.state = ConnectionState.CLOSED
 
-    def close(self, code: int = 1000, reason: str = "", *, now_ms: int) -> list[Event]:
+    def close(
+        self,
+        code: int = CloseCode.NORMAL,
+        reason: str = "",
+        *,
+        now_ms: int,
+        cause: DisconnectCause = DisconnectCause.LOCAL_CLOSE,
+    ) -> list[Event]:
         """Close from our side (1001 on shutdown). Before the upgrade the socket just closes.
 
-        Media that arrives until the bot answers our close frame is still delivered.
+        Media that arrives until the bot answers our close frame is still delivered; the
+        final :class:`Disconnected` has ``cause`` (see :class:`DisconnectCause`).
         """
         if self.state is ConnectionState.OPEN:
-            self._start_close(code, reason, now_ms)
+            self._start_close(code, reason, now_ms, cause)
         elif self.state in (ConnectionState.HANDSHAKE, ConnectionState.HTTP_RESPONSE):
             self.state = ConnectionState.CLOSED
         return []
@@ -333,11 +363,15 @@ class ServerConnection:
         if self.state is ConnectionState.HANDSHAKE:
             return self._reject(408, "no complete request before the handshake timeout")
         if self.state is ConnectionState.OPEN:
-            self._start_close(GOING_AWAY, "idle timeout", now_ms)
+            self._start_close(
+                CloseCode.GOING_AWAY, "idle timeout", now_ms, DisconnectCause.IDLE_TIMEOUT
+            )
             return []
         # CLOSING: the bot never answered our close frame.
         self.state = ConnectionState.CLOSED
-        return self.session.connection_lost(ABNORMAL_CLOSURE, "close handshake timed out")
+        return self.session.connection_lost(
+            CloseCode.ABNORMAL, "close handshake timed out", self._close_cause
+        )
 
     # ------------------------------------------------------------------ HTTP phase
 
@@ -410,7 +444,10 @@ class ServerConnection:
         self._ws = ws
         config = self.config
         self._lane = fast_lane(
-            ws, run_limit=config.max_message_size, run_bytes=config.max_joined_bytes
+            ws,
+            config.unmask,
+            run_limit=config.max_message_size,
+            run_bytes=config.max_joined_bytes,
         )
         self.state = ConnectionState.OPEN
         events: list[Event] = [Accepted(path, query, headers)]
@@ -456,7 +493,9 @@ class ServerConnection:
                     events += session.receive_binary(data, finished=ev.message_finished)
             elif isinstance(ev, TextMessage):
                 if not self._discard_input:
-                    events += session.receive_text(ev.data, now_ms, finished=ev.message_finished)
+                    events += session.receive_text(
+                        ev.data, self._wall_ms, finished=ev.message_finished
+                    )
                     self._send_replies(ws)
             elif isinstance(ev, Ping):
                 if ws.state is WSState.OPEN:
@@ -476,7 +515,7 @@ class ServerConnection:
             self._discard_input = True
             if self._lane is not None:
                 self._lane.discard = True
-            self._start_close(request.code, request.reason, now_ms)
+            self._start_close(request.code, request.reason, now_ms, request.cause)
 
     def _send_replies(self, ws: WSConnection) -> None:
         for text in self.session.messages_to_send():
@@ -485,6 +524,14 @@ class ServerConnection:
 
     def _on_close(self, ws: WSConnection, ev: CloseConnection) -> list[Event]:
         code, reason = ev.code, ev.reason or ""
+        if self._close_code is not None:
+            cause = self._close_cause  # we closed first: the cause stays ours
+        elif ws.state is WSState.REMOTE_CLOSING:
+            cause = DisconnectCause.REMOTE_CLOSE
+        elif ws.state is not WSState.CLOSED:
+            cause = DisconnectCause.PROTOCOL_ERROR
+        else:
+            cause = DisconnectCause.CONNECTION_LOST
         if ws.state is WSState.REMOTE_CLOSING:
             # The bot closed: answer with the same code, and we are done.
             self._out += ws.send(ev.response())
@@ -493,17 +540,28 @@ class ServerConnection:
             # with its code and drop the connection without waiting for an answer.
             if ws.state is WSState.OPEN:
                 self._out += ws.send(CloseConnection(code=code, reason=reason[:100]))
-        elif self._close_code is not None and code != ABNORMAL_CLOSURE:
+        elif self._close_code is not None and code != CloseCode.ABNORMAL:
             code, reason = self._close_code  # the bot answered our close: report why we closed
         # Otherwise the transport ended (1006).
         self.state = ConnectionState.CLOSED
-        return self.session.connection_lost(int(code), reason)
+        return self.session.connection_lost(_code(code), reason, cause)
 
-    def _start_close(self, code: int, reason: str, now_ms: int) -> None:
+    def _start_close(
+        self, code: int, reason: str, now_ms: int, cause: DisconnectCause
+    ) -> None:
         ws = self._ws
         assert ws is not None
         self._out += ws.send(CloseConnection(code=code, reason=reason))
         self._close_code = (code, reason)
+        self._close_cause = cause
         self._closing_since_ms = now_ms
         self.state = ConnectionState.CLOSING
+
+
+def _code(code: int) -> int:
+    """A close code as a :class:`CloseCode` when it is one of ours, else the plain number."""
+    try:
+        return CloseCode(code)
+    except ValueError:
+        return int(code)
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._events import (
+    CloseCode,
+    DisconnectCause,
     Disconnected,
     Event,
     LatencyPing,
@@ -47,7 +49,6 @@ DEFAULT_MAX_TEXT_SIZE = 1024 * 1024
 #: for a stack that buffers whole messages. Binary is streamed here, so this is hygiene.
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 
-MESSAGE_TOO_BIG = 1009
 _JSON_SAFE = 2**53 - 1  # the largest integer every JSON implementation (JavaScript's) holds
 
 
@@ -85,6 +86,7 @@ class CloseRequest:
 
     code: int
     reason: str
+    cause: DisconnectCause = DisconnectCause.MESSAGE_TOO_BIG
 
 
 _REPR = reprlib.Repr()
@@ -174,7 +176,7 @@ class Session:
                 # What fits is delivered (it was received); the rest is refused with 1009.
                 events = self._binary(data[: limit - self._message_size])
                 self.close_request = CloseRequest(
-                    MESSAGE_TOO_BIG, f"binary message over {limit} bytes"
+                    CloseCode.MESSAGE_TOO_BIG, f"binary message over {limit} bytes"
                 )
                 return events
             self._message_size = 0 if finished else size
@@ -199,15 +201,16 @@ class Session:
             return [chunk]
         return self._hold_early(data)
 
-    def receive_text(self, piece: str, now_ms: int, *, finished: bool = True) -> list[Event]:
-        """A text message, whole (``finished=True``) or a piece of one at a time."""
+    def receive_text(self, piece: str, wall_ms: int, *, finished: bool = True) -> list[Event]:
+        """A text message, whole (``finished=True``) or a piece of one at a time. ``wall_ms``
+        (Unix time in milliseconds) stamps ``server_received_at_ms`` in a pong."""
         if self.close_request is not None or self.state is SessionState.CLOSED:
             return []
         self._text_size += len(piece.encode("utf-8"))
         if self._text_size > self.max_text_size:
             self._text.clear()
             self.close_request = CloseRequest(
-                MESSAGE_TOO_BIG, f"text message over {self.max_text_size} bytes"
+                CloseCode.MESSAGE_TOO_BIG, f"text message over {self.max_text_size} bytes"
             )
             return []
         if not finished:
@@ -218,9 +221,14 @@ class Session:
             piece = "".join(self._text)
             self._text.clear()
         self._text_size = 0
-        return self._handle_text(piece, now_ms)
+        return self._handle_text(piece, wall_ms)
 
-    def connection_lost(self, code: int, reason: str = "") -> list[Event]:
+    def connection_lost(
+        self,
+        code: int,
+        reason: str = "",
+        cause: DisconnectCause = DisconnectCause.CONNECTION_LOST,
+    ) -> list[Event]:
         """The connection is over: release what is held, then :class:`Disconnected`."""
         if self.state is SessionState.CLOSED:
             return []
@@ -233,7 +241,7 @@ class Session:
             events.extend(self._release_early())
         clean = self.state is not SessionState.STREAMING and not orphans
         self.state = TRANSITIONS[(self.state, SessionInput.CONNECTION_LOST)]
-        events.append(Disconnected(code, reason, clean))
+        events.append(Disconnected(code, reason, clean, cause))
         return events
 
     # ------------------------------------------------------------------ output
@@ -262,7 +270,7 @@ class Session:
                 self._early.append(data[:room])
                 self._early_size += room
             self.close_request = CloseRequest(
-                MESSAGE_TOO_BIG,
+                CloseCode.MESSAGE_TOO_BIG,
                 f"over {self.max_early_bytes} bytes of binary data without video_stream_start",
             )
             return events
@@ -279,7 +287,7 @@ class Session:
         self._early_size = 0
         return events
 
-    def _handle_text(self, text: str, now_ms: int) -> list[Event]:
+    def _handle_text(self, text: str, wall_ms: int) -> list[Event]:
         try:
             message = json.loads(text, parse_constant=_reject_constant)
         except (ValueError, RecursionError) as exc:
@@ -293,7 +301,7 @@ class Session:
             ]
         kind = message.get("type")
         if kind == "video_latency_ping":
-            return self._on_ping(message, now_ms)
+            return self._on_ping(message, wall_ms)
         if kind == "video_stream_start":
             return self._on_start(message)
         if kind == "video_stream_end":
@@ -302,14 +310,14 @@ class Session:
             return [ProtocolWarning(WarningKind.MISSING_FIELD, "message has no 'type'")]
         return [ProtocolWarning(WarningKind.UNKNOWN_TYPE, f"unknown message type {kind!r}")]
 
-    def _on_ping(self, message: dict[str, Any], now_ms: int) -> list[Event]:
+    def _on_ping(self, message: dict[str, Any], wall_ms: int) -> list[Event]:
         # Reply first, whatever else is wrong with the ping: a bot that gets no timely pong
         # declares the receiver dead. Fields are echoed exactly as received.
         pong: dict[str, Any] = {"type": "video_latency_pong"}
         for key in ("seq", "sent_at_ms"):
             if key in message:
                 pong[key] = message[key]
-        pong["server_received_at_ms"] = now_ms
+        pong["server_received_at_ms"] = wall_ms
         bot_id = message.get("bot_id")
         if bot_id is None:
             bot_id = self.bot_id
@@ -353,7 +361,7 @@ class Session:
             LatencyPing(
                 seq=seq if _is_int(seq) else None,
                 sent_at_ms=sent_at_ms if _is_number(sent_at_ms) else None,
-                received_at_ms=now_ms,
+                received_at_ms=wall_ms,
                 bot_id=bot_id if isinstance(bot_id, str) else None,
             )
         )

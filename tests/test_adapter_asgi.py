@@ -746,7 +746,7 @@ async def test_server_shutdown_without_drain(kind: str) -> None:
     }[kind]
     assert isinstance(closed, BotClosed)
     assert (closed.code, handler.disconnected.code) == expected
-    assert not app._accepting  # lifespan.shutdown reached the app
+    assert not app.connections.accepting  # lifespan.shutdown reached the app
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -276,7 +276,7 @@ def test_a_read_consumed_after_another_connection_got_the_buffer_fails_that_conn
             with pytest.raises(RuntimeError):
                 a.buffer_updated(1)
         finally:
-            for conn in list(server._connections):
+            for conn in list(server.connections):
                 conn._cancel_timer()
             server._executor.shutdown(wait=False)
 

@@ -212,4 +212,4 @@ def test_drive_the_core_example_serves_a_stream(tmp_path: Path) -> None:
     assert pong_without_bot_id["sent_at_ms"] == 1.5
     assert out.read_bytes() == init + b"".join(fragments)
     assert "StreamEnded(duration_seconds=3.5)" in stdout
-    assert "Disconnected(code=1000, reason='', clean=True)" in stdout
+    assert "Disconnected(code=<CloseCode.NORMAL: 1000>, reason='', clean=True" in stdout

@@ -8,6 +8,7 @@ go through the fast lane (with each unmasker) or through wsproto alone.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import itertools
 import json
@@ -15,7 +16,6 @@ import struct
 import sys
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -64,14 +64,9 @@ FAST_MODES = ["python", "numpy"] if HAVE_NUMPY else ["python"]
 needs_numpy = pytest.mark.skipif(not HAVE_NUMPY, reason="numpy is not installed")
 
 
-@contextmanager
-def lane_mode(mode: str) -> Iterator[None]:
-    saved = _frames.MODE
-    _frames.MODE = mode
-    try:
-        yield
-    finally:
-        _frames.MODE = saved
+def moded(mode: str, config: ServerConfig | None = None) -> ServerConfig:
+    """``config`` (the default one) with its unmasker set to ``mode``."""
+    return dataclasses.replace(config or ServerConfig(), unmask=mode)
 
 
 def reference_unmask(data: bytes, key: bytes) -> bytes:
@@ -241,23 +236,22 @@ def run(mode: str, scenario: dict[str, Any], *, in_one_buffer: bool = False) -> 
     not keep a view of it."""
     buffer = bytearray(max(1, len(scenario["wire"])))
     view = memoryview(buffer)
-    with lane_mode(mode):
-        conn = ServerConnection(scenario["config"], now_ms=NOW)
-        seen: list[Any] = []
-        reads = split_at(scenario["wire"], scenario["cuts"])
-        if scenario["eof"]:
-            reads.append(b"")
-        for i, data in enumerate(reads):
-            if i == scenario["close_after"]:
-                seen.append(conn.close(1001, "bye", now_ms=NOW))
-            if in_one_buffer:
-                buffer[: len(data)] = data
-                events = joined(conn.receive_data(view[: len(data)], NOW))
-                buffer[:] = b"\xa5" * len(buffer)
-            else:
-                events = joined(conn.receive_data(data, NOW))
-            seen.append((events, conn.data_to_send(), conn.state, conn.session_state))
-        seen.append("on" if conn._lane is not None else "off")
+    conn = ServerConnection(moded(mode, scenario["config"]), now_ms=NOW)
+    seen: list[Any] = []
+    reads = split_at(scenario["wire"], scenario["cuts"])
+    if scenario["eof"]:
+        reads.append(b"")
+    for i, data in enumerate(reads):
+        if i == scenario["close_after"]:
+            seen.append(conn.close(1001, "bye", now_ms=NOW))
+        if in_one_buffer:
+            buffer[: len(data)] = data
+            events = joined(conn.receive_data(view[: len(data)], NOW))
+            buffer[:] = b"\xa5" * len(buffer)
+        else:
+            events = joined(conn.receive_data(data, NOW))
+        seen.append((events, conn.data_to_send(), conn.state, conn.session_state))
+    seen.append("on" if conn._lane is not None else "off")
     return seen
 
 
@@ -481,9 +475,8 @@ def test_whole_messages_of_one_read_come_out_joined_up_to_the_run_bound(
 ) -> None:
     media = [bytes([i]) * size for i in range(40)]
     wire = upgrade_request() + START + b"".join(frame(BINARY, m) for m in media)
-    with lane_mode(mode):
-        conn = ServerConnection(now_ms=NOW)
-        events = conn.receive_data(wire, NOW)
+    conn = ServerConnection(moded(mode), now_ms=NOW)
+    events = conn.receive_data(wire, NOW)
     assert conn._lane is not None
     chunks = [event.data for event in events if isinstance(event, MediaChunk)]
     assert b"".join(chunks) == b"".join(media)
@@ -498,9 +491,8 @@ def test_whole_messages_of_one_read_come_out_joined_up_to_the_run_bound(
 def test_max_joined_bytes_bounds_the_chunks(mode: str, joined: int) -> None:
     media = [bytes([i]) * 4096 for i in range(40)]
     wire = upgrade_request() + START + b"".join(frame(BINARY, m) for m in media)
-    with lane_mode(mode):
-        conn = ServerConnection(ServerConfig(max_joined_bytes=joined), now_ms=NOW)
-        events = conn.receive_data(wire, NOW)
+    conn = ServerConnection(moded(mode, ServerConfig(max_joined_bytes=joined)), now_ms=NOW)
+    events = conn.receive_data(wire, NOW)
     chunks = [event.data for event in events if isinstance(event, MediaChunk)]
     assert b"".join(chunks) == b"".join(media)
     assert len(chunks) == (1 if joined == 1 << 20 else 40)
@@ -520,12 +512,10 @@ def test_a_run_stops_at_the_message_limit_at_a_cut_frame_and_at_a_fragment(mode:
     wire += frame(BINARY, big)  # over the limit: 1009, what fits is delivered
     config = ServerConfig(max_message_size=60)
     cut = len(wire) - 30  # the last frame arrives in two reads
-    with lane_mode(mode):
-        conn = ServerConnection(config, now_ms=NOW)
-        events = conn.receive_data(wire[:cut], NOW) + conn.receive_data(wire[cut:], NOW)
-    with lane_mode("off"):
-        ref = ServerConnection(config, now_ms=NOW)
-        expected = ref.receive_data(wire[:cut], NOW) + ref.receive_data(wire[cut:], NOW)
+    conn = ServerConnection(moded(mode, config), now_ms=NOW)
+    events = conn.receive_data(wire[:cut], NOW) + conn.receive_data(wire[cut:], NOW)
+    ref = ServerConnection(moded("off", config), now_ms=NOW)
+    expected = ref.receive_data(wire[:cut], NOW) + ref.receive_data(wire[cut:], NOW)
     chunks = [event.data for event in events if isinstance(event, MediaChunk)]
     assert chunks[0] == b"".join(small)  # the first run: one chunk
     assert joined(events) == joined(expected)
@@ -546,29 +536,35 @@ def test_numpy_unmasks_every_tail_length_and_alignment() -> None:
             assert unmask(buf, offset, offset + size, key) == reference_unmask(pattern(size), key)
 
 
+@pytest.fixture
+def fresh_process() -> Iterator[None]:
+    """numpy's unmaskers not loaded yet, as in a new process (and forgotten again after)."""
+    _mask._numpy.cache_clear()
+    yield
+    _mask._numpy.cache_clear()
+
+
+@pytest.mark.usefixtures("fresh_process")
 def test_without_numpy_the_python_unmasker_is_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "numpy", None)  # import numpy -> ImportError
-    monkeypatch.setattr(_mask, "_chosen", [])
-    monkeypatch.setattr(_mask, "BACKENDS", {"python": _mask.unmask_python})
-    monkeypatch.setattr(_mask, "RUN_BACKENDS", {"python": _mask.unmask_run_python})
     assert _mask.numpy_unmask() is None
-    assert _mask.best() == ("python", _mask.unmask_python)
-    assert _mask.best() == ("python", _mask.unmask_python)  # decided once
-    with pytest.raises(KeyError):
+    assert _mask.unmaskers()[:2] == ("python", _mask.unmask_python)
+    assert _mask.unmask_backend("auto") == "python"
+    with pytest.raises(ValueError, match="needs numpy"):
         _frames.fast_lane(fresh_ws(), "numpy")
 
 
 @needs_numpy
-def test_with_numpy_the_numpy_unmasker_is_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_mask, "_chosen", [])
-    monkeypatch.setattr(_mask, "BACKENDS", {"python": _mask.unmask_python})
-    monkeypatch.setattr(_mask, "RUN_BACKENDS", {"python": _mask.unmask_run_python})
-    name, unmask = _mask.best()
-    assert "numpy" in _mask.RUN_BACKENDS
-    assert name == "numpy"
-    assert _mask.BACKENDS["numpy"] is unmask
+@pytest.mark.usefixtures("fresh_process")
+def test_with_numpy_the_numpy_unmasker_is_chosen() -> None:
+    name, unmask, _run = _mask.unmaskers()
+    assert name == "numpy" and _mask.unmaskers("numpy")[1] is unmask  # loaded once
     lane = _frames.fast_lane(fresh_ws(), "numpy")
     assert lane is not None and lane._unmask is unmask
+    with pytest.raises(ValueError, match="no unmasker"):
+        _mask.unmaskers("simd")
+    with pytest.raises(ValueError, match="unmask must be one of"):
+        ServerConfig(unmask="simd")
 
 
 # ============================================================================ the wsproto guard
@@ -669,5 +665,5 @@ def test_each_mode_gives_its_unmasker(mode: str) -> None:
         assert lane is None
         return
     assert lane is not None
-    expected = _mask.best()[1] if mode == "auto" else _mask.BACKENDS[mode]
+    expected = _mask.unmaskers(mode)[1]
     assert lane._unmask is expected

@@ -1,4 +1,4 @@
-"""Tests of the incremental fMP4 box scanner (``meetstream_live._fmp4``).
+"""Tests of the incremental fMP4 box scanner (``meetstream_live.fmp4``).
 
 * real files made by ffmpeg (``fmp4_small``, ``fmp4_medium`` from ``conftest.py``), checked
   against a plain non-incremental box walk and against PyAV;
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from media import Media, decodable_frames
 
 from meetstream_live._errors import LocalProtocolError
-from meetstream_live._fmp4 import (
+from meetstream_live.fmp4 import (
     BoxSeen,
     Fmp4Event,
     Fmp4Scanner,

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from meetstream_live import Disconnected, Event, MediaChunk, StreamEnded, StreamStarted
-from meetstream_live.adapters import _aio
-from meetstream_live.adapters._common import ConnectionInfo, Handler, ServerOptions, deliver
+from meetstream_live.adapters._common import ConnectionInfo, Handler, ServerOptions
 from meetstream_live.adapters.asyncio import AsyncioBot, serve
 from meetstream_live.adapters.cli.sample import sample_bytes
 from meetstream_live.adapters.recording.durable import Chunks
@@ -47,27 +46,6 @@ def test_chunks_buffer_behaves_like_the_bytearray_it_replaced() -> None:
     assert len(chunks) == 0 and chunks.parts == []
 
 
-class Failing(Handler):
-    def __init__(self) -> None:
-        self.seen: list[Event] = []
-
-    def on_chunk(self, event: MediaChunk) -> None:
-        self.seen.append(event)
-        if event.offset == 3:
-            raise ValueError("boom")
-
-    def on_disconnect(self, event: Disconnected) -> None:
-        self.seen.append(event)
-
-
-def test_deliver_hands_a_batch_over_at_once_and_the_end_after_a_failure() -> None:
-    handler = Failing()
-    end = Disconnected(1000, "", True)
-    error = deliver(handler, [MediaChunk(b"abc", 0), MediaChunk(b"d", 3), MediaChunk(b"e", 4), end])
-    assert isinstance(error, ValueError)
-    assert [type(e).__name__ for e in handler.seen] == ["MediaChunk", "MediaChunk", "Disconnected"]
-
-
 def test_recorder_takes_media_inline_but_not_starts_or_ends(tmp_path: Path) -> None:
     data = sample_bytes()
     handler = Recorder(tmp_path)(INFO)
@@ -80,47 +58,6 @@ def test_recorder_takes_media_inline_but_not_starts_or_ends(tmp_path: Path) -> N
     assert not handler.dispatch_inline([StreamEnded(None)])
     handler.dispatch([StreamEnded(None)])
     assert (next(tmp_path.glob("inline/*.mp4"))).read_bytes() == data
-
-
-class SlowInline(Handler):
-    """Says it can run inline, then takes long: later batches must go to the threads."""
-
-    def __init__(self) -> None:
-        self.inline_calls = 0
-        self.threads: set[str] = set()
-        self.data = bytearray()
-
-    def dispatch_inline(self, events: list[Event]) -> bool:
-        self.inline_calls += 1
-        time.sleep(_aio.INLINE_STALL * 2)
-        self.dispatch(events)
-        return True
-
-    def on_chunk(self, event: MediaChunk) -> None:
-        self.threads.add(threading.current_thread().name)
-        self.data += event.data
-
-
-def test_a_stalled_inline_handler_goes_back_to_threads() -> None:
-    async def main() -> SlowInline:
-        loop = asyncio.get_running_loop()
-        handler = SlowInline()
-        pool = _aio.handler_pool(2)
-        errors: list[Exception] = []
-        delivery = _aio.ThreadedDelivery(
-            handler, pool, loop, limit=1 << 20, on_below=lambda: None, on_error=errors.append
-        )
-        for i in range(5):
-            delivery.submit([MediaChunk(bytes([i]) * 10, 10 * i)], 10)
-        await delivery.finish()
-        pool.shutdown()
-        assert not errors
-        return handler
-
-    handler = asyncio.run(main())
-    assert handler.inline_calls == 1
-    assert any(name.startswith("meetstream-handler") for name in handler.threads)
-    assert bytes(handler.data) == b"".join(bytes([i]) * 10 for i in range(5))
 
 
 class Collect(Handler):

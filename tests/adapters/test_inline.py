@@ -22,9 +22,10 @@ from meetstream_live import (
     StreamEnded,
     StreamStarted,
 )
-from meetstream_live.adapters import _common
-from meetstream_live.adapters._common import ConnectionInfo, Handler, InlineOffer, ServerOptions
-from meetstream_live.adapters.trio import TrioBot, _Runner
+from meetstream_live.adapters import Backlog, ConnectionInfo, Handler, ServerOptions, _driver
+from meetstream_live.adapters._delivery import Delivery, handler_pool
+from meetstream_live.adapters._driver import HandlerCalls
+from meetstream_live.adapters.trio import TrioBot
 from meetstream_live.adapters.trio import serve as trio_serve
 
 TIMEOUT = 5.0
@@ -121,28 +122,35 @@ def threads_of(handler: Media, kind: str) -> set[str]:
 
 
 class RunnerHarness:
-    """A ``_Runner`` in a nursery, as a connection task holds one."""
+    """A :class:`Delivery` as a connection holds one, on the trio thread; handler errors are
+    what it posts."""
 
-    def __init__(self, runner: _Runner) -> None:
-        self.runner = runner
-        self.errors = 0
+    def __init__(self, handler: Handler) -> None:
+        self.pool = handler_pool(4)
+        self.backlog = Backlog()
+        self.posted: list[object] = []
+        self.runner = Delivery(HandlerCalls(handler), self.pool, self.posted.append, self.backlog)
 
     @property
     def idle(self) -> bool:
-        return not self.runner._running
+        return self.runner.when_idle(lambda: None)
+
+    @property
+    def pending(self) -> int:
+        return self.backlog.bytes
+
+    @property
+    def errors(self) -> int:
+        return len(self.posted)
 
 
 async def with_runner(handler: Handler, body: Callable[[RunnerHarness], Any]) -> RunnerHarness:
-    limiter = trio.CapacityLimiter(2)
-    harness: RunnerHarness | None = None
-
-    def on_error() -> None:
-        assert harness is not None
-        harness.errors += 1
-
-    async with trio.open_nursery() as nursery:
-        harness = RunnerHarness(_Runner(handler, nursery, lambda: None, on_error, limiter))
+    harness = RunnerHarness(handler)
+    try:
         await body(harness)
+        await trio_wait_until(lambda: harness.idle)
+    finally:
+        harness.pool.shutdown()
     return harness
 
 
@@ -157,7 +165,7 @@ def test_an_idle_runner_delivers_inline_at_once() -> None:
         h.runner.submit(chunk(b"abc", 0))
         # Taken during submit(), on the trio thread: nothing pending, no thread started.
         assert bytes(handler.data) == b"abc"
-        assert h.runner.pending == 0 and h.idle
+        assert h.pending == 0 and h.idle
         h.runner.submit(chunk(b"de", 3))
         assert bytes(handler.data) == b"abcde"
 
@@ -171,10 +179,9 @@ def test_a_refused_batch_goes_to_a_thread() -> None:
     loop_thread = threading.current_thread().name
 
     async def body(h: RunnerHarness) -> None:
-        h.runner.submit(chunk(b"abc", 0))
-        assert not handler.data and h.runner.pending == 3 and not h.idle
+        h.runner.submit(chunk(b"abc", 0))  # refused inline: a handler thread takes it
         await trio_wait_until(lambda: h.idle)
-        assert bytes(handler.data) == b"abc" and h.runner.pending == 0
+        assert bytes(handler.data) == b"abc" and h.pending == 0
 
     run_trio(lambda: with_runner(handler, body))
     assert handler.offers == 1
@@ -194,7 +201,7 @@ def test_never_inline_while_a_thread_batch_is_pending() -> None:
         h.runner.submit(chunk(b"abc", 0))
         h.runner.submit(chunk(b"de", 3))
         assert handler.offers == 1, "offered inline while the start was still in its thread"
-        assert h.runner.pending == 5
+        assert h.pending == 5
         gate.set()
         await trio_wait_until(lambda: h.idle)
         h.runner.submit(chunk(b"f", 5))  # idle again: inline
@@ -210,8 +217,8 @@ def test_never_inline_while_a_thread_batch_is_pending() -> None:
 def test_a_stalled_inline_call_sends_the_next_batches_to_threads_for_a_while(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_common, "INLINE_BACKOFF", 0.2)
-    handler = Media(stall=_common.INLINE_STALL * 2)
+    monkeypatch.setattr(_driver, "INLINE_BACKOFF", 0.2)
+    handler = Media(stall=_driver.INLINE_STALL * 2)
     loop_thread = threading.current_thread().name
 
     async def body(h: RunnerHarness) -> None:
@@ -239,7 +246,7 @@ def test_an_inline_error_is_a_handler_error() -> None:
 
     async def body(h: RunnerHarness) -> None:
         h.runner.submit(chunk(b"abc", 0))
-        assert isinstance(h.runner.error, ValueError) and h.errors == 1
+        assert h.errors == 1  # posted: the driver closes with 1011
         end = Disconnected(1011, "handler error", False)
         h.runner.submit([MediaChunk(b"de", 3), end])  # after the error: only the end, in a thread
         assert handler.offers == 1
@@ -276,8 +283,10 @@ def test_trio_server_takes_media_inline_and_the_rest_in_threads() -> None:
             await bot.send_start("inline-bot")
             # The start went to a thread: wait until the runner is idle again.
             await trio_wait_until(lambda: bool(handlers) and bool(handlers[0].calls))
-            (conn,) = server._connections
-            await trio_wait_until(lambda: conn.runner is not None and not conn.runner._running)
+            (conn,) = server.connections
+            await trio_wait_until(
+                lambda: conn.delivery is not None and conn.delivery.when_idle(lambda: None)
+            )
             for i in range(0, len(payload), 16 * 1024):
                 await bot.send_chunk(payload[i : i + 16 * 1024])
             await bot.send_end(1.0)
@@ -319,7 +328,7 @@ def test_trio_server_closes_with_1011_when_dispatch_inline_raises() -> None:
 
 
 def test_inline_offer_backs_off_after_a_stall(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_common, "INLINE_BACKOFF", 0.2)
+    monkeypatch.setattr(_driver, "INLINE_BACKOFF", 0.2)
 
     class Slow(Handler):
         def __init__(self) -> None:
@@ -332,9 +341,9 @@ def test_inline_offer_backs_off_after_a_stall(monkeypatch: pytest.MonkeyPatch) -
             return True
 
     handler = Slow()
-    offer = InlineOffer(handler)
+    offer = HandlerCalls(handler)
     assert offer.offer([]) is True
-    handler.cost = _common.INLINE_STALL * 2
+    handler.cost = _driver.INLINE_STALL * 2
     began = time.monotonic()
     assert offer.offer([]) is True  # taken, but slow: the next ones go to threads
     handler.cost = 0.0
@@ -349,5 +358,5 @@ def test_inline_offer_returns_the_handler_error() -> None:
         def dispatch_inline(self, events: list[Event]) -> bool:
             raise KeyError("nope")
 
-    result = InlineOffer(Raising()).offer([])
+    result = HandlerCalls(Raising()).offer([])
     assert isinstance(result, KeyError)
