@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from meetstream_live import Disconnected, MediaChunk, ServerConfig, StreamEnded
+from meetstream_live import DisconnectCause, Disconnected, MediaChunk, ServerConfig, StreamEnded
 from meetstream_live.adapters import ServerOptions
 
 from .clients import (
@@ -377,6 +377,31 @@ def test_connection_limit(adapter: str) -> None:
             assert b"video_latency_pong" in reply
             open_sock.close()
         collector.wait_finished(2)
+
+
+def test_a_message_over_the_limit_gets_1009(adapter: str) -> None:
+    """``ServerConfig.max_message_size`` holds on every server, ASGI included (it used to be
+    ignored there): the bytes up to the limit are delivered, then the close is 1009."""
+    collector = Collector()
+    limit = 256 * 1024
+    options = ServerOptions(config=ServerConfig(max_message_size=limit))
+    with running_server(adapter, collector, options) as port:
+        sock = raw_handshake(port)
+        start = b'{"type":"video_stream_start","bot_id":"big"}'
+        sock.sendall(masked_frame(0x1, start) + masked_frame(0x2, bytes(range(256)) * 1024 * 2))
+        received = b""
+        sock.settimeout(10)
+        while len(received) < 4 or received[0] != 0x88:
+            chunk = sock.recv(4096)
+            assert chunk, "closed without a close frame"
+            received += chunk
+        assert int.from_bytes(received[2:4], "big") == 1009
+        sock.sendall(masked_frame(0x8, (1009).to_bytes(2, "big")))
+        (handler,) = collector.wait_finished(1)
+        sock.close()
+    assert handler.disconnected.code == 1009
+    assert handler.disconnected.cause is DisconnectCause.MESSAGE_TOO_BIG
+    assert handler.data == (bytes(range(256)) * 1024 * 2)[:limit]
 
 
 def test_handshake_timeout(adapter: str) -> None:
