@@ -170,10 +170,11 @@ class HandlerCalls:
     :data:`INLINE_BACKOFF`: a write stalled by the kernel's dirty page throttling, say).
     Deliveries of one connection never overlap (the adapters serialize them)."""
 
-    __slots__ = ("_threads_until", "failed", "handler")
+    __slots__ = ("_threads_until", "failed", "handler", "peer")
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, peer: str = "?") -> None:
         self.handler = handler
+        self.peer = peer
         self.failed = False
         self._threads_until = 0.0
 
@@ -184,8 +185,16 @@ class HandlerCalls:
                 return None
         error = deliver(self.handler, events)
         if error is not None:
-            self.failed = True
+            self._failed(error)
         return error
+
+    def _failed(self, error: Exception) -> None:
+        """The first failure is logged here, where it happens, whatever the connection's
+        state (a handler that fails after the bot closed is logged too); later ones are
+        counted by the caller's metrics only."""
+        if not self.failed:
+            log.error("handler failed for %s: %r", self.peer, error, exc_info=error)
+        self.failed = True
 
     def offer(self, events: list[Event]) -> bool | Exception:
         """True: the handler took ``events`` on the caller's thread. False: deliver them in a
@@ -198,7 +207,7 @@ class HandlerCalls:
         try:
             done = self.handler.dispatch_inline(events)
         except Exception as exc:
-            self.failed = True
+            self._failed(exc)
             return exc
         if done and time.monotonic() - now > INLINE_STALL:
             self._threads_until = now + INLINE_BACKOFF
@@ -290,11 +299,11 @@ class _Policy:
             handler = self.factory(info)
         except Exception as exc:
             log.error("handler factory failed for %s: %r", self.peer, exc, exc_info=exc)
-            self.calls = HandlerCalls(Handler())
+            self.calls = HandlerCalls(Handler(), self.peer)
             self.calls.failed = True
             self._error_seen = True
             return False
-        self.calls = HandlerCalls(handler)
+        self.calls = HandlerCalls(handler, self.peer)
         return True
 
     def _observe(self, events: list[Event]) -> None:
@@ -304,12 +313,13 @@ class _Policy:
                 observe(observer, event)
 
     def _first_error(self, exc: BaseException) -> bool:
-        """True the first time a handler error is reported (it closes the connection)."""
+        """True the first time a handler error is reported (it closes the connection; the
+        error itself was logged where it happened, by :class:`HandlerCalls`)."""
         if self._error_seen:
             return False
         self._error_seen = True
-        log.error("handler failed for %s: %r", self.peer, exc, exc_info=exc)
-        if self.calls is not None:
+        if self.calls is not None and not self.calls.failed:
+            log.error("handler failed for %s: %r", self.peer, exc, exc_info=exc)
             self.calls.failed = True
         return True
 
@@ -391,7 +401,7 @@ class ConnectionDriver(_Policy):
                 if kind is Accepted:
                     self._accept(event)  # type: ignore[arg-type]
                 elif kind is HTTPRequest:
-                    self.calls = HandlerCalls(_Responder(self.options, self.post))
+                    self.calls = HandlerCalls(_Responder(self.options, self.post), self.peer)
                     for_handler.append(event)
                 elif kind is HTTPRejected:
                     rejected: Any = event
