@@ -21,6 +21,8 @@ from ._handler import (
     HTTPAnswer,
     HTTPHandler,
     ServerOptions,
+    Viewer,
+    ViewerFactory,
 )
 from ._system import tune_allocator
 
@@ -33,6 +35,8 @@ __all__ = [
     "HandlerFactory",
     "HandshakeFailed",
     "ServerOptions",
+    "Viewer",
+    "ViewerFactory",
     "mono_ms",
     "tune_allocator",
     "wall_ms",

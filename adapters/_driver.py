@@ -54,6 +54,7 @@ from ._handler import (
     HandlerFactory,
     HTTPAnswer,
     ServerOptions,
+    Viewer,
 )
 
 __all__ = [
@@ -235,6 +236,18 @@ def _respond(answer: HTTPAnswer, driver: Any) -> Any:
     return driver.respond(answer)
 
 
+def _pull(driver: Any) -> Any:
+    return driver.pull()
+
+
+def _no_wake() -> None:
+    """``ConnectionInfo.wake`` of a bot's connection: nothing to pull."""
+
+
+def _no_viewers(info: ConnectionInfo) -> Handler:
+    raise LookupError("no viewer_factory in ServerOptions")
+
+
 def answer_http(options: ServerOptions, request: HTTPRequest) -> HTTPAnswer:
     """``options.http_handler``'s answer to ``request`` (404 without one; 500, logged, when it
     raises). Blocking: call it off the event loop."""
@@ -282,7 +295,13 @@ class _Policy:
         """``ConnectionInfo.close``: from any thread, through the adapter's ``post``."""
         self.post(lambda driver: driver.close(code, reason, DisconnectCause.LOCAL_CLOSE))
 
-    def _make_handler(self, path: str, query: str, headers: Any, secure: bool) -> bool:
+    def _wake(self) -> None:
+        """``ConnectionInfo.wake`` of a viewer: pull on the connection's thread."""
+        self.post(_pull)
+
+    def _make_handler(
+        self, path: str, query: str, headers: Any, secure: bool, viewer: bool = False
+    ) -> bool:
         """On an accepted upgrade: the handler; False if the factory raised (a no-op handler
         then hears of the end, and the caller closes with 1011)."""
         info = ConnectionInfo(
@@ -293,10 +312,17 @@ class _Policy:
             secure,
             close=self._close_requested,
             backlog=self.backlog,
+            wake=self._wake if viewer else _no_wake,
         )
         self.info = info
+        factory: Any = self.factory
+        if viewer:
+            factory = self.options.viewer_factory
+            if factory is None:
+                log.info("%s: a viewer, and no viewer_factory: closing", self.peer)
+                factory = _no_viewers
         try:
-            handler = self.factory(info)
+            handler = factory(info)
         except Exception as exc:
             log.error("handler factory failed for %s: %r", self.peer, exc, exc_info=exc)
             self.calls = HandlerCalls(Handler(), self.peer)
@@ -343,6 +369,10 @@ class ConnectionDriver(_Policy):
         self.wall = wall
         self.monotonic = monotonic
         self.conn = ServerConnection(options.config, now_ms=monotonic(), overloaded=overloaded)
+        #: Set by an adapter whose transport buffers writes (asyncio) while it asks us to stop
+        #: writing: :meth:`pull` then waits, and :attr:`pull_due` says a pull is owed.
+        self.write_paused = False
+        self.pull_due = False
 
     @property
     def closed(self) -> bool:
@@ -382,6 +412,25 @@ class ConnectionDriver(_Policy):
             )
         return self._step([])
 
+    def pull(self) -> Step:
+        """A viewer's messages, framed: what its :meth:`Viewer.pull` has now. The adapter
+        calls it (through ``post``, after ``ConnectionInfo.wake``) when the socket can take
+        more; a write-paused adapter calls it again once the socket drained."""
+        handler = self.handler
+        if self.write_paused:
+            self.pull_due = True  # the adapter pulls again once the socket drained
+            return self._step([])
+        self.pull_due = False
+        if isinstance(handler, Viewer) and not self.handler_failed:
+            try:
+                messages = handler.pull()
+            except Exception as exc:
+                return self.handler_error(exc)
+            for message in messages:
+                if not self.conn.send_message(message):
+                    break
+        return self._step([])
+
     def resumed(self) -> None:
         """Reading resumes after a backpressure pause: the bot was not idle, we were."""
         self.conn.keep_alive(self.monotonic())
@@ -416,7 +465,7 @@ class ConnectionDriver(_Policy):
 
     def _accept(self, event: Accepted) -> None:
         secure = self.options.ssl is not None
-        if not self._make_handler(event.path, event.query, event.headers, secure):
+        if not self._make_handler(event.path, event.query, event.headers, secure, event.viewer):
             self.conn.close(
                 CloseCode.INTERNAL_ERROR, "handler error", now_ms=self.monotonic(),
                 cause=DisconnectCause.HANDLER_ERROR,
@@ -424,10 +473,10 @@ class ConnectionDriver(_Policy):
 
 
 class MessageStep(NamedTuple):
-    """What a message-level step produced: text messages to send first (pongs), the close to
-    send if one is due (``(code, reason)``), then events for the handler."""
+    """What a message-level step produced: messages to send first (pongs; a viewer's media),
+    the close to send if one is due (``(code, reason)``), then events for the handler."""
 
-    texts: list[str]
+    texts: list[bytes | str]
     close: tuple[int, str] | None
     events: list[Event]
 
@@ -459,17 +508,34 @@ class MessageDriver(_Policy):
         self.close_sent: tuple[int, str] | None = None
         self._cause = DisconnectCause.LOCAL_CLOSE
         self.lost = False
+        self.viewer = False
 
-    def accept(self, path: str, query: str, headers: Any, secure: bool) -> MessageStep:
+    def pull(self) -> MessageStep:
+        """A viewer's messages to send now (see :meth:`ConnectionDriver.pull`)."""
+        handler = self.handler
+        if self.close_sent is not None or self.lost or not isinstance(handler, Viewer):
+            return MessageStep([], None, [])
+        try:
+            messages = handler.pull()
+        except Exception as exc:
+            return self.handler_error(exc)
+        return MessageStep(list(messages), None, [])
+
+    def accept(
+        self, path: str, query: str, headers: Any, secure: bool, viewer: bool = False
+    ) -> MessageStep:
         """The upgrade was accepted (``websocket.accept`` sent): make the handler."""
-        self._observe([Accepted(path, query, headers)])
-        if self._make_handler(path, query, headers, secure):
+        self.viewer = viewer
+        self._observe([Accepted(path, query, headers, viewer)])
+        if self._make_handler(path, query, headers, secure, viewer):
             return MessageStep([], None, [])
         return self.close(CloseCode.INTERNAL_ERROR, "handler error", DisconnectCause.HANDLER_ERROR)
 
     def receive(self, data: bytes | None, text: str | None) -> MessageStep:
         """One ASGI ``websocket.receive``."""
         session = self.session
+        if self.viewer:
+            return MessageStep([], None, [])  # a viewer's messages are read and dropped
         if data is not None:
             events = session.receive_binary(data)
         elif text is not None:
@@ -513,7 +579,9 @@ class MessageDriver(_Policy):
 
     def _after(self, events: list[Event]) -> MessageStep:
         session = self.session
-        texts = [] if self.close_sent is not None else session.messages_to_send()
+        texts: list[bytes | str] = []
+        if self.close_sent is None:
+            texts.extend(session.messages_to_send())
         self._observe(events)
         close = None
         request = session.close_request

@@ -30,6 +30,8 @@ __all__ = [
     "Handler",
     "HandlerFactory",
     "ServerOptions",
+    "Viewer",
+    "ViewerFactory",
 ]
 
 
@@ -116,6 +118,9 @@ class ConnectionInfo:
     #: The connection's :class:`Backlog`: a handler that queues media elsewhere counts it
     #: there, so that the bot's socket is not read while too much waits (see :class:`Backlog`).
     backlog: Backlog = field(default_factory=Backlog, compare=False, repr=False)
+    #: Viewer connections: tell the adapter that :meth:`Viewer.pull` has something; safe from
+    #: any thread, returns at once (the adapter pulls when the socket can take more).
+    wake: Callable[[], None] = field(default=lambda: None, compare=False, repr=False)
 
 
 class Handler:
@@ -178,6 +183,22 @@ class Handler:
 HandlerFactory = Callable[[ConnectionInfo], Handler]
 
 
+class Viewer(Handler):
+    """The handler of a viewer connection (``ServerConfig.viewer_paths``): it sends, the
+    peer listens. The adapter calls :meth:`pull` on its own loop (or connection thread)
+    whenever the socket can take more, after the viewer called ``ConnectionInfo.wake`` (so
+    what waits is the viewer's to bound: a live relay skips a slow viewer to the next
+    keyframe). ``on_disconnect`` says the viewer left."""
+
+    def pull(self) -> list[bytes | str]:
+        """The messages to send now (binary for ``bytes``, text for ``str``); never blocks."""
+        return []
+
+
+#: Makes the :class:`Viewer` of an accepted viewer upgrade (``ServerOptions.viewer_factory``).
+ViewerFactory = Callable[[ConnectionInfo], Viewer]
+
+
 class HTTPAnswer(NamedTuple):
     """The answer to a plain HTTP request (the connection closes after it)."""
 
@@ -226,6 +247,9 @@ class ServerOptions:
     read_size: int = 1024 * 1024
     #: Answers ``http_paths`` requests; without it they get 404.
     http_handler: HTTPHandler | None = None
+    #: Makes the handler of each viewer connection (``ServerConfig.viewer_paths``); without
+    #: one, viewer upgrades are closed at once with 1011.
+    viewer_factory: ViewerFactory | None = None
     #: Called with every event of every connection (metrics, logs): on the event loop, or in
     #: the connection's thread with the sync adapter (so: cheap, and thread-safe). Errors in it
     #: are logged, never fatal.

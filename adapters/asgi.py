@@ -309,7 +309,8 @@ class ASGIApp:
         self.connections.add(conn, conn.post)
         try:
             await conn.run(
-                decision.path, decision.query, headers, scope.get("scheme") in ("wss", "https")
+                decision.path, decision.query, headers, scope.get("scheme") in ("wss", "https"),
+                decision.viewer,
             )
         finally:
             self.connections.discard(conn)
@@ -392,7 +393,9 @@ class _WebSocket:
 
     # ------------------------------------------------------------------ the connection
 
-    async def run(self, path: str, query: str, headers: Headers, secure: bool) -> None:
+    async def run(
+        self, path: str, query: str, headers: Headers, secure: bool, viewer: bool = False
+    ) -> None:
         self._task = asyncio.current_task()
         try:
             await self.send({"type": "websocket.accept"})
@@ -402,7 +405,7 @@ class _WebSocket:
         lost = ("connection ended without a disconnect message", DisconnectCause.CONNECTION_LOST)
         self._reading = True
         try:
-            await self._apply(self.driver.accept(path, query, headers, secure))
+            await self._apply(self.driver.accept(path, query, headers, secure, viewer))
             await self._read_loop()
         except asyncio.CancelledError:
             if not self._aborted:
@@ -471,8 +474,11 @@ class _WebSocket:
 
     async def _apply(self, step: MessageStep) -> None:
         """Send the pongs, then the close if one is due, then hand the events over."""
-        for text in step.texts:  # pongs before the handler sees media
-            await self._send({"type": "websocket.send", "text": text})
+        for message in step.texts:  # pongs before the handler sees media
+            if isinstance(message, str):
+                await self._send({"type": "websocket.send", "text": message})
+            else:
+                await self._send({"type": "websocket.send", "bytes": message})
         if step.close is not None:
             await self._close(*step.close)
         if step.events:

@@ -125,10 +125,17 @@ class _Connection(asyncio.BaseProtocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        if self.driver is not None:
+            self.driver.write_paused = True
         self._update_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        driver = self.driver
+        if driver is not None:
+            driver.write_paused = False
+            if driver.pull_due and not driver.closed:  # a viewer waits for room
+                self.apply(driver.pull())
         self._update_reading()
 
     # ------------------------------------------------------------------ driving

@@ -116,11 +116,15 @@ class HTTPRejected(Event):
 
 @dataclass(frozen=True, slots=True)
 class Accepted(Event):
-    """The WebSocket handshake succeeded; the ``101`` response is queued."""
+    """The WebSocket handshake succeeded; the ``101`` response is queued. ``viewer`` is true
+    for an upgrade on one of ``ServerConfig.viewer_paths``: a program or a page that watches
+    a stream (the server sends, with ``ServerConnection.send_message``; what it sends is not
+    a MeetStream session and is not delivered)."""
 
     path: str
     query: str
     headers: Headers
+    viewer: bool = False
 
 
 # ---------------------------------------------------------------- MeetStream session (server side)

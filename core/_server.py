@@ -77,6 +77,11 @@ class ServerConfig:
     path: str | None = None
     #: When set, upgrades need ``?token=...`` or ``Authorization: Bearer ...`` with this value.
     token: str | None = None
+    #: Paths where a WebSocket upgrade is a *viewer* (``Accepted.viewer``): patterns in which
+    #: ``*`` stands for one path segment, e.g. ``"/live/*/ws"``. Not subject to ``path``.
+    viewer_paths: tuple[str, ...] = ()
+    #: The token viewers must show (``None``: the same as :attr:`token`).
+    viewer_token: str | None = None
     #: Paths served as plain HTTP: each request on them comes out as an :class:`HTTPRequest`.
     http_paths: frozenset[str] = field(default_factory=frozenset)
     #: Path prefixes served as plain HTTP likewise (``"/live/"``: every path below it).
@@ -118,6 +123,8 @@ class Route:
     path: str
     query: str
     http: bool = False
+    #: A viewer upgrade (see ``ServerConfig.viewer_paths``).
+    viewer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +173,18 @@ def _valid_key(headers: Headers) -> bool:
     return True
 
 
+def viewer_path(patterns: tuple[str, ...], path: str) -> bool:
+    """Whether ``path`` matches one of ``patterns`` (``*``: exactly one non-empty segment)."""
+    parts = path.split("/")
+    for pattern in patterns:
+        expected = pattern.split("/")
+        if len(expected) == len(parts) and all(
+            want == got or (want == "*" and got) for want, got in zip(expected, parts, strict=True)
+        ):
+            return True
+    return False
+
+
 def route_request(
     config: ServerConfig,
     method: str,
@@ -192,6 +211,9 @@ def route_request(
     upgrade = any(name == b"upgrade" and b"websocket" in value.lower() for name, value in headers)
     if not upgrade and (path in config.http_paths or path.startswith(config.http_prefixes)):
         return Route(path, parts.query, http=True)
+    viewer = bool(config.viewer_paths) and viewer_path(config.viewer_paths, path)
+    if viewer:
+        return _route_viewer(config, method, path, parts.query, headers, upgrade, overloaded)
     if config.path is not None and path != config.path:
         return Reject(404, f"no WebSocket endpoint at {path}", path)
     if method != "GET":
@@ -212,6 +234,34 @@ def route_request(
             503, "too many connections, try again later", path, ((b"Retry-After", b"5"),)
         )
     return Route(path, parts.query)
+
+
+def _route_viewer(
+    config: ServerConfig,
+    method: str,
+    path: str,
+    query: str,
+    headers: Headers,
+    upgrade: bool,
+    overloaded: bool,
+) -> Route | Reject:
+    if method != "GET":
+        return Reject(405, f"method {method} not allowed", path, ((b"Allow", b"GET"),))
+    if not upgrade:
+        return Reject(
+            426, "this is a WebSocket endpoint: send Upgrade: websocket", path,
+            ((b"Upgrade", b"websocket"),),
+        )
+    if not _valid_key(headers):
+        return Reject(400, "bad Sec-WebSocket-Key: not 16 bytes in base64", path)
+    token = config.viewer_token if config.viewer_token is not None else config.token
+    if token is not None and not _authorized(token, query, headers):
+        return Reject(401, "missing or wrong token", path, ((b"WWW-Authenticate", b"Bearer"),))
+    if overloaded:
+        return Reject(
+            503, "too many connections, try again later", path, ((b"Retry-After", b"5"),)
+        )
+    return Route(path, query, viewer=True)
 
 
 def _phrase(status: int) -> str:
@@ -274,6 +324,8 @@ class ServerConnection:
         self._close_cause = DisconnectCause.LOCAL_CLOSE
         self._discard_input = False
         self._http_bytes = 0
+        #: An upgrade on one of ``ServerConfig.viewer_paths`` (see ``Accepted.viewer``).
+        self.viewer = False
 
     # ------------------------------------------------------------------ public API
 
@@ -340,6 +392,21 @@ class ServerConnection:
             self.state = ConnectionState.CLOSED
         return []
 
+    def send_message(self, message: bytes | str) -> bool:
+        """Queue a WebSocket message to the peer (binary for ``bytes``, text for ``str``):
+        what a viewer connection is for. False (nothing queued) once the connection is not
+        open any more; ``LocalProtocolError`` before the upgrade."""
+        if self.state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+            return False
+        ws = self._ws
+        if ws is None or self.state is not ConnectionState.OPEN:
+            raise LocalProtocolError(f"no WebSocket to send on in state {self.state.name}")
+        if isinstance(message, str):
+            self._out += ws.send(TextMessage(data=message))
+        else:
+            self._out += ws.send(BytesMessage(data=message))
+        return True
+
     def keep_alive(self, now_ms: int) -> None:
         """Restart the idle timer without data: call it when reading resumes after the caller
         stopped reading on purpose (backpressure), so the pause is not taken for the bot's."""
@@ -349,7 +416,11 @@ class ServerConnection:
         """When ``handle_timeout`` must be called next (a ``now_ms`` value), or ``None``."""
         if self.state is ConnectionState.HANDSHAKE:
             return self._started_ms + self.config.handshake_timeout_ms
-        if self.state is ConnectionState.OPEN and self.config.idle_timeout_ms is not None:
+        if (
+            self.state is ConnectionState.OPEN
+            and self.config.idle_timeout_ms is not None
+            and not self.viewer  # viewers only listen: their silence is normal
+        ):
             return self._last_activity_ms + self.config.idle_timeout_ms
         if self.state is ConnectionState.CLOSING:
             return self._closing_since_ms + self.config.close_timeout_ms
@@ -419,6 +490,7 @@ class ServerConnection:
         if route.http:
             self.state = ConnectionState.HTTP_RESPONSE
             return [HTTPRequest(method, target, route.path, route.query, headers)]
+        self.viewer = route.viewer
         return self._upgrade(request, route.path, route.query, headers, now_ms)
 
     def _upgrade(
@@ -443,14 +515,17 @@ class ServerConnection:
         assert ws is not None
         self._ws = ws
         config = self.config
-        self._lane = fast_lane(
-            ws,
-            config.unmask,
-            run_limit=config.max_message_size,
-            run_bytes=config.max_joined_bytes,
-        )
+        if not self.viewer:  # a viewer sends nothing worth a fast lane
+            self._lane = fast_lane(
+                ws,
+                config.unmask,
+                run_limit=config.max_message_size,
+                run_bytes=config.max_joined_bytes,
+            )
+        else:
+            self._discard_input = True  # a viewer's messages are read and dropped
         self.state = ConnectionState.OPEN
-        events: list[Event] = [Accepted(path, query, headers)]
+        events: list[Event] = [Accepted(path, query, headers, self.viewer)]
         trailing, _closed = self._h11.trailing_data
         if trailing:
             events += self._receive_ws(bytes(trailing), now_ms)
