@@ -46,18 +46,24 @@ def test_chunks_buffer_behaves_like_the_bytearray_it_replaced() -> None:
     assert len(chunks) == 0 and chunks.parts == []
 
 
-def test_recorder_takes_media_inline_but_not_starts_or_ends(tmp_path: Path) -> None:
+def test_recorder_takes_everything_inline_but_the_end_of_the_connection(tmp_path: Path) -> None:
+    """The recorder's handler does no I/O (its file sink does, in its own threads): starts,
+    media and ends are all taken on the event loop; the end of the connection goes to a
+    thread, which waits for the files to be final."""
     data = sample_bytes()
-    handler = Recorder(tmp_path)(INFO)
+    recorder = Recorder(tmp_path)
+    handler = recorder(INFO)
     start = StreamStarted(bot_id="inline", raw={"type": "video_stream_start", "bot_id": "inline"})
-    assert not handler.dispatch_inline([start])  # creates files: a thread's job
-    handler.dispatch([start])
+    assert handler.dispatch_inline([start])
     size = 4096
     chunks: list[Event] = [MediaChunk(data[i : i + size], i) for i in range(0, len(data), size)]
     assert handler.dispatch_inline(chunks)
-    assert not handler.dispatch_inline([StreamEnded(None)])
-    handler.dispatch([StreamEnded(None)])
+    assert handler.dispatch_inline([StreamEnded(None)])
+    end = Disconnected(1000, "", True)
+    assert not handler.dispatch_inline([end])
+    handler.dispatch([end])  # returns once the part is final
     assert (next(tmp_path.glob("inline/*.mp4"))).read_bytes() == data
+    recorder.close()
 
 
 class Collect(Handler):

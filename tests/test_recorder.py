@@ -7,6 +7,7 @@ does); the first ones go through the asyncio server with a simulated bot, end to
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from media import Media, decodable_frames, probe
 from prometheus_client.parser import text_string_to_metric_families
+from recording.faults import FaultyDisk
 
 from meetstream_live import (
     Disconnected,
@@ -84,6 +86,18 @@ def record(
     if end is not None:
         handler.on_end(StreamEnded(end))
     handler.on_disconnect(Disconnected(1000 if end is not None else 1006, "", end is not None))
+    assert handler.recorder.flush()  # the file sink writes in its own threads
+
+
+def crash(handler: RecordingHandler) -> None:
+    """The process dies: the file the file sink holds open is closed, nothing else happens
+    (the recorder is abandoned as it is)."""
+    assert handler.recorder.flush()
+    stream = handler.stream
+    assert stream is not None and stream.part is not None
+    held = handler.recorder.files.part_file(stream.part.part)
+    assert held is not None and held.fd is not None
+    os.close(held.fd)
 
 
 def fragments(data: bytes) -> list[FragmentComplete]:
@@ -231,6 +245,7 @@ def test_one_stream_one_file_and_sidecar(fmp4_small: Media, tmp_path: Path) -> N
     recorder = Recorder(tmp_path / "out", clock=clock)
     handler = recorder(INFO)
     handler.on_start(start("bot-1", speaker_name="Ada", codec="h264"))
+    assert recorder.flush()
     assert files(tmp_path / "out") == [
         f"bot-1/Ada/{STAMP}.json.part",
         f"bot-1/Ada/{STAMP}.mp4.part",
@@ -245,6 +260,7 @@ def test_one_stream_one_file_and_sidecar(fmp4_small: Media, tmp_path: Path) -> N
     clock.now += 2500
     handler.on_end(StreamEnded(2.5))
     handler.on_disconnect(Disconnected(1000, "", True))
+    assert recorder.flush()
 
     assert files(tmp_path / "out") == [f"bot-1/Ada/{STAMP}.json", f"bot-1/Ada/{STAMP}.mp4"]
     path = tmp_path / "out" / "bot-1" / "Ada" / f"{STAMP}.mp4"
@@ -280,10 +296,12 @@ def test_writes_are_batched(
 
     handler = Recorder(tmp_path, buffer_size=1 << 30)(INFO)
     handler.on_start(start())
+    assert handler.recorder.flush()  # the stub and the manifest are written
     monkeypatch.setattr(os, "write", counting_write)
     for chunk in chunks(fmp4_small.data, 500):  # hundreds of small chunks
         handler.on_chunk(chunk)
     handler.on_end(StreamEnded(None))
+    assert handler.recorder.flush()
     monkeypatch.undo()
     # One write per complete fragment (so a crash loses at most one), never one per chunk.
     # (+ the sidecar and the session manifest, written at the end)
@@ -327,6 +345,7 @@ def test_several_streams_on_one_connection(fmp4_small: Media, tmp_path: Path) ->
         handler.on_end(StreamEnded(1.0 + n))
         clock.now += 1000
     handler.on_disconnect(Disconnected(1000, "", True))
+    assert handler.recorder.flush()
     first = tmp_path / "bot-123" / f"{STAMP}.mp4"
     second = tmp_path / "bot-123" / "20261125T140503Z.mp4"
     assert first.read_bytes() == second.read_bytes() == fmp4_small.data
@@ -401,6 +420,7 @@ def test_bytes_without_a_stream_go_to_unknown(fmp4_small: Media, tmp_path: Path)
     for chunk in chunks(fmp4_small.data[:30_000]):
         handler.on_chunk(chunk)
     handler.on_disconnect(Disconnected(1000, "", False))
+    assert handler.recorder.flush()
     path = tmp_path / "unknown" / f"{STAMP}.mp4"
     assert path.read_bytes() == fmp4_small.data[:30_000]
     doc = sidecar(path)
@@ -439,37 +459,78 @@ def test_warnings_are_bounded(tmp_path: Path) -> None:
     for _ in range(1000):
         handler.on_warning(ProtocolWarning(WarningKind.INVALID_JSON, "not JSON"))
     handler.on_end(StreamEnded(None))
+    assert handler.recorder.flush()
     doc = sidecar(tmp_path / "bot-123" / f"{STAMP}.mp4")
     assert len(doc["warnings"]) == 100
     assert doc["warnings_dropped"] == 900
 
 
-def test_disk_error_leaves_part_files_for_recovery(
+def test_a_full_disk_cuts_the_part_and_the_stream_goes_on(
     fmp4_small: Media, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Issue 13: a write meets ENOSPC mid-stream. The handler never raises (the connection
+    stays open), the file is cut back to its last complete fragment, and once the disk is
+    back the part is finalized with a sidecar saying what was lost."""
     metrics = Metrics()
-    handler = Recorder(tmp_path, clock=Clock(), metrics=metrics, buffer_size=1)(INFO)
+    disk = FaultyDisk()
+    handler = Recorder(tmp_path, clock=Clock(), metrics=metrics, buffer_size=1, disk=disk)(INFO)
+    handler.dispatch([start()])
+    frags = fragments(fmp4_small.data)
+    half = frags[2].offset + frags[2].size // 2  # in the middle of the third fragment
+    handler.dispatch(list(chunks(fmp4_small.data[:half])))
+    assert handler.recorder.flush()
+    disk.fail("media_write", errno.ENOSPC)  # and statvfs says 0 bytes free
+    handler.dispatch([MediaChunk(fmp4_small.data[half:], half)])  # does not raise
+    handler.dispatch([LatencyPing(1, T0, T0, "bot-123")])
+    assert handler.recorder.flush()
+    disk.heal()  # the disk is back, but no boundary follows: the rest of the stream is lost
+    handler.dispatch([Disconnected(1006, "", False)])
+    assert handler.recorder.flush()
+    assert metrics.errors.value("disk") >= 1
+    assert metrics.disk_errors.value("ENOSPC") >= 1
+    assert metrics.streams_active.value() == 0
+    assert files(tmp_path) == [f"bot-123/{STAMP}.json", f"bot-123/{STAMP}.mp4"]
+    path = tmp_path / "bot-123" / f"{STAMP}.mp4"
+    good = frags[1].offset + frags[1].size  # the last fragment complete before the failure
+    assert path.read_bytes() == fmp4_small.data[:good]
+    doc = sidecar(path)
+    assert doc["bytes"] == good and doc["received_bytes"] == len(fmp4_small.data)
+    assert doc["lost_bytes"] == len(fmp4_small.data) - good
+    assert doc["lost_fragments"] == len(frags) - 2
+    (hole,) = doc["holes"]
+    assert hole["part_offset"] == good and hole["reason"] == "ENOSPC"
+    assert hole["resumed_at"] is None  # the stream ended before the disk took writes again
+    assert doc["verdict"] == "truncated" and doc["pings"] == 1
+    assert "disk_full" in [w["kind"] for w in doc["warnings"]]
+    assert decodable_frames(path.read_bytes()) > 0
+
+
+def test_a_disk_that_never_comes_back_leaves_what_recover_finishes(
+    fmp4_small: Media, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk stays read-only until the recorder closes: the part cannot be finalized, its
+    .part files stay, and recover() at the next start finishes them consistently."""
+    metrics = Metrics()
+    disk = FaultyDisk()
+    recorder = Recorder(tmp_path, clock=Clock(), metrics=metrics, buffer_size=1, disk=disk)
+    handler = recorder(INFO)
     handler.dispatch([start()])
     half = len(fmp4_small.data) // 2
     handler.dispatch(list(chunks(fmp4_small.data[:half])))
-
-    def full(fd: int, data: Any) -> int:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "write", full)
-    with pytest.raises(OSError, match="No space"):
-        handler.dispatch([MediaChunk(fmp4_small.data[half:], half)])
-    handler.dispatch([Disconnected(1011, "handler error", False)])
-    monkeypatch.undo()
-    assert metrics.errors.value("disk") == 2  # the write, then the sidecar at the disconnect
-    assert metrics.streams_active.value() == 0
-    # The media is final (renamed); the sidecar could not be written: its .json.part stays.
-    assert files(tmp_path) == [f"bot-123/{STAMP}.json.part", f"bot-123/{STAMP}.mp4"]
-
+    assert recorder.flush()
+    disk.fail_all(errno.EROFS)
+    handler.dispatch([MediaChunk(fmp4_small.data[half:], half)])
+    handler.dispatch([StreamEnded(2.0), Disconnected(1000, "", True)])
+    recorder.close()
+    assert metrics.disk_errors.value("EROFS") >= 2
+    assert metrics.finalize_pending.value() == 1
+    assert files(tmp_path) == [f"bot-123/{STAMP}.json.part", f"bot-123/{STAMP}.mp4.part"]
     (recovered,) = recover(tmp_path)
     assert recovered.sidecar["recovered"] is True
     assert recovered.sidecar["verdict"] == "truncated"
+    assert recovered.sidecar["bytes"] == recovered.path.stat().st_size
     assert decodable_frames(recovered.path.read_bytes()) > 0
+    assert files(tmp_path) == [f"bot-123/{STAMP}.json", f"bot-123/{STAMP}.mp4"]
 
 
 # ------------------------------------------------------------------------ rotation
@@ -527,10 +588,7 @@ def crash_midway(root: Path, data: bytes, cut: int) -> Path:
     handler.on_start(start("crashed", codec="h264"))
     for chunk in chunks(data[:cut], 4096):
         handler.on_chunk(chunk)
-    stream = handler.stream
-    assert stream is not None
-    assert stream.piece.fd is not None
-    os.close(stream.piece.fd)  # the process is gone; nothing else happens
+    crash(handler)  # the process is gone; nothing else happens
     return root / "crashed" / f"{STAMP}.mp4.part"
 
 

@@ -28,11 +28,11 @@ from media import (
     probe,
     rebuild,
 )
+from recording.faults import FaultyDisk
 
 from meetstream_live import Disconnected, LatencyPing, MediaChunk, StreamEnded, StreamStarted
 from meetstream_live.adapters import ConnectionInfo
 from meetstream_live.adapters.cli import main
-from meetstream_live.adapters.recording import durable as durable_module
 from meetstream_live.adapters.recording.diskguard import DiskGuard, apply_retention
 from meetstream_live.adapters.recording.hooks import HookRunner, Journal
 from meetstream_live.adapters.recording.metrics import Metrics
@@ -81,7 +81,18 @@ def stream(
         handler.on_disconnect(Disconnected(1000, "", True))
     else:
         handler.on_disconnect(Disconnected(code, reason, False))
+    assert recorder.flush()  # the file sink writes in its own threads
     return handler
+
+
+def crash(handler: RecordingHandler) -> None:
+    """The process dies: the file the file sink holds open is closed, nothing else happens."""
+    assert handler.recorder.flush()
+    stream = handler.stream
+    assert stream is not None and stream.part is not None
+    held = handler.recorder.files.part_file(stream.part.part)
+    assert held is not None and held.fd is not None
+    os.close(held.fd)
 
 
 @pytest.fixture(scope="module")
@@ -245,6 +256,7 @@ def test_reconnect_within_grace_appends(clip: Media, tmp_path: Path) -> None:
     send(handler, clip.data[:init_end] + rebuild(clip.data, list(range(4, len(spans))))[init_end:])
     handler.on_end(StreamEnded(clip.duration_s))
     handler.on_disconnect(Disconnected(1000, "", True))
+    assert recorder.flush()
     recording = only(finished)
     doc = recording.sidecar
     assert doc["connections"] == 2
@@ -302,6 +314,7 @@ def test_duplicate_connection_supersedes_the_older(clip: Media, tmp_path: Path) 
     send(old, clip.data[: spans[2][0]])
     new = recorder(INFO)
     new.on_start(start())  # the same bot_id + speaker while the old one is open
+    assert recorder.flush()
     assert len(finished) == 1 and finished[0].sidecar["end_reason"] == "superseded"
     # The older connection is asked to close, normally (a bot does not retry after 1000).
     assert closes == [(1000, "superseded by a newer connection")]
@@ -310,6 +323,7 @@ def test_duplicate_connection_supersedes_the_older(clip: Media, tmp_path: Path) 
     new.on_end(StreamEnded(4.0))
     new.on_disconnect(Disconnected(1000, "", True))
     old.on_disconnect(Disconnected(1006, "", False))
+    assert recorder.flush()
     first, second = finished
     assert first.path.read_bytes() == clip.data[: spans[2][0]]
     assert json.loads(first.sidecar_path.read_text())["ignored_bytes"] == (
@@ -412,38 +426,39 @@ def test_mfra_offsets_over_4_gib() -> None:
 # ------------------------------------------------------------------ 5. disk
 
 
-def test_disk_full_keeps_what_was_written(
-    clip: Media, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    limit = {"left": 60_000}
-    real = durable_module.write_all
-
-    def write_all(fd: int, data: Any) -> None:
-        if os.readlink(f"/proc/self/fd/{fd}").endswith(".mp4.part"):
-            if len(data) > limit["left"]:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            limit["left"] -= len(data)
-        real(fd, data)
-
-    monkeypatch.setattr(durable_module, "write_all", write_all)
+def test_disk_full_keeps_what_was_written(clip: Media, tmp_path: Path) -> None:
+    """The disk fills up in the middle of a fragment: the handler does not raise (the
+    connection stays open), the file is cut back to its last complete fragment, the part is
+    finalized with what was lost and why (it was: end_reason disk_full and a 1011 close)."""
+    disk = FaultyDisk()
+    disk.budget = 60_000
     finished: list[FinishedRecording] = []
     metrics = Metrics()
-    handler = Recorder(tmp_path, on_finish=finished.append, metrics=metrics)(INFO)
+    recorder = Recorder(tmp_path, on_finish=finished.append, metrics=metrics, disk=disk)
+    handler = recorder(INFO)
     handler.dispatch([start()])
-    with pytest.raises(OSError, match="No space"):
-        handler.dispatch([MediaChunk(clip.data[i : i + 7000], i)
-                          for i in range(0, len(clip.data), 7000)])
-    handler.dispatch([Disconnected(1011, "handler error", False)])
+    handler.dispatch([MediaChunk(clip.data[i : i + 7000], i)
+                      for i in range(0, len(clip.data), 7000)])
+    handler.dispatch([LatencyPing(1, T0, T0, "bot-7")])
+    assert recorder.flush()
+    disk.budget = None
+    disk.heal()  # space again, after the stream's last fragment: nothing more is written
+    handler.dispatch([StreamEnded(4.0), Disconnected(1000, "", True)])
+    assert recorder.flush()
     doc = only(finished).sidecar
-    assert doc["end_reason"] == "disk_full" and doc["verdict"] == "truncated"
-    assert doc["bytes"] == 60_000 - limit["left"] == only(finished).path.stat().st_size
-    assert doc["lost_bytes"] > 0
+    _, spans = fragment_spans(clip.data)
+    good = max(start + size for start, size in spans if start + size <= 60_000)
+    assert doc["end_reason"] == "stream_end" and doc["verdict"] == "truncated"
+    assert doc["bytes"] == good == only(finished).path.stat().st_size
+    assert only(finished).path.read_bytes() == clip.data[:good]
+    assert doc["lost_bytes"] == len(clip.data) - good
+    assert doc["holes"][0]["part_offset"] == good and doc["holes"][0]["reason"] == "ENOSPC"
+    assert doc["completeness"]["torn_tail_bytes"] == 0 and doc["pings"] == 1
     assert "disk_full" in [w["kind"] for w in doc["warnings"]]
     assert metrics.recording_lost.value("disk_full") == 1
-    assert only(finished).path.read_bytes() == clip.data[: doc["bytes"]]
-    torn = doc["completeness"]["torn_tail_bytes"]
-    assert torn > 0
-    assert decodable_frames(clip.data[: doc["bytes"] - torn]) > 0  # what recover keeps
+    assert metrics.disk_errors.value("ENOSPC") >= 1
+    assert not list(tmp_path.rglob("*.part"))
+    assert decodable_frames(only(finished).path.read_bytes()) == decodable_frames(clip.data[:good])
 
 
 def test_disk_guard_pauses_and_resumes(clip: Media, tmp_path: Path) -> None:
@@ -456,17 +471,22 @@ def test_disk_guard_pauses_and_resumes(clip: Media, tmp_path: Path) -> None:
                        metrics=metrics)(INFO)
     handler.on_start(start())
     _, spans = fragment_spans(clip.data)
+    recorder = handler.recorder
     send(handler, clip.data[: spans[2][0]])
+    assert recorder.flush()  # the file sink asks the guard: wait for it between the steps
     free["bytes"] = 50  # below the low watermark: fragments 2, 3 are not written
     send(handler, clip.data[spans[2][0] : spans[4][0]], size=1_000_000)
+    assert recorder.flush()
     assert metrics.disk_low.value() == 1
     handler.on_ping(LatencyPing(1, T0, T0, "bot-7"))  # pings go on
     free["bytes"] = 150  # between the watermarks: still paused
     send(handler, clip.data[spans[4][0] : spans[5][0]], size=1_000_000)
+    assert recorder.flush()
     free["bytes"] = 10**9
     send(handler, clip.data[spans[5][0] :], size=1_000_000)
     handler.on_end(StreamEnded(4.0))
     handler.on_disconnect(Disconnected(1000, "", True))
+    assert recorder.flush()
     doc = only(finished).sidecar
     assert doc["verdict"] == "gaps"
     assert doc["lost_fragments"] == 3
@@ -568,13 +588,17 @@ def test_crash_before_the_journal_is_written_recovers_the_hook(
     journal = Journal(out, ("command",))
 
     def die(recording: FinishedRecording) -> None:
-        raise KeyboardInterrupt  # the process dies right before journaling
+        raise OSError(errno.EIO, "the journal cannot be written")
 
+    # The journal step fails until the process stops (it used to be a KeyboardInterrupt in
+    # the handler; the file sink's finalizing now runs in its own thread and retries).
     monkeypatch.setattr(journal, "add", die)
-    with pytest.raises(KeyboardInterrupt):
-        stream(Recorder(out, journal=journal), clip.data, end=4.0)
+    recorder = Recorder(out, journal=journal)
+    stream(recorder, clip.data, end=4.0)
+    recorder.close()
     monkeypatch.undo()
     assert list(out.rglob("*.json.part"))  # the commit point was not passed
+    assert list(out.rglob("*.mp4.part"))
     (recording,) = recover(out, journal=journal)
     assert recording.sidecar["end_reason"] == "stream_end"  # the sidecar is kept as it was
     assert len(journal.entries()) == 1
@@ -623,9 +647,7 @@ def test_recover_command(clip: Media, tmp_path: Path, capsys: pytest.CaptureFixt
     handler = Recorder(tmp_path, buffer_size=1)(INFO)
     handler.on_start(start())
     send(handler, clip.data[: spans[4][0] + 1000])
-    stream_ = handler.stream
-    assert stream_ is not None and stream_.piece is not None and stream_.piece.fd is not None
-    os.close(stream_.piece.fd)  # the crash
+    crash(handler)
     assert main(["recover", str(tmp_path), "--index"]) == 0
     assert "1 recording(s) recovered" in capsys.readouterr().out
     (media,) = tmp_path.rglob("*.mp4")
@@ -792,9 +814,7 @@ def test_recover_closes_a_session_manifest(clip: Media, tmp_path: Path) -> None:
     handler = Recorder(tmp_path, buffer_size=1)(INFO)
     handler.on_start(start())
     send(handler, clip.data[: spans[4][0] + 1000])
-    stream_ = handler.stream
-    assert stream_ is not None and stream_.piece is not None and stream_.piece.fd is not None
-    os.close(stream_.piece.fd)  # the crash
+    crash(handler)
     (manifest,) = tmp_path.rglob("*.session.json")
     assert json.loads(manifest.read_text())["state"] == "recording"
     (recording,) = recover(tmp_path)

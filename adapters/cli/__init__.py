@@ -32,7 +32,7 @@ from meetstream_live import ServerConfig, __version__, parse_ws_url, unmask_back
 from meetstream_live.adapters import HandlerFactory, ServerOptions, tune_allocator
 from meetstream_live.adapters._common import JOINED_BYTES_TUNED
 from meetstream_live.adapters.recording.diskguard import DiskGuard, apply_retention
-from meetstream_live.adapters.recording.hooks import HookRunner, Journal
+from meetstream_live.adapters.recording.hooks import HookConfig, HookRunner, HookSink, Journal
 from meetstream_live.adapters.recording.metrics import HTTP_PATHS, Metrics
 from meetstream_live.adapters.recording.recorder import Recorder
 from meetstream_live.adapters.recording.recovery import recover
@@ -258,12 +258,12 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return _serve_workers(args, environ, output)
     metrics = Metrics()
     guard = _disk_guard(args, output, metrics)
-    names = HookRunner.hooks_for(args.on_finish, args.webhook, args.remux)
+    hooks = HookConfig(command=args.on_finish, webhook=args.webhook, remux=args.remux)
+    names = hooks.names()
     journal = Journal(output, names)
     try:
         # With --workers, the parent process runs the hooks the workers journal.
-        runner = HookRunner(journal, command=args.on_finish, webhook=args.webhook,
-                            metrics=metrics, remux=args.remux) if names and not worker else None
+        runner = HookRunner(journal, hooks, metrics=metrics) if names and not worker else None
     except ValueError:
         raise UsageError("--on-finish: empty command") from None
     if runner is not None:
@@ -276,7 +276,7 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                     index=args.index)
             if args.keep_days is not None or args.max_total_size is not None:
                 apply_retention(output, keep_days=args.keep_days,
-                                max_total_bytes=args.max_total_size)
+                                max_total_bytes=args.max_total_size, metrics=metrics)
         # This process is ours: tune glibc's malloc for big blocks, then deliver one chunk per
         # read (see tune_allocator; elsewhere the core's default keeps chunks small).
         tuned = tune_allocator()
@@ -296,10 +296,13 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             http_handler=metrics.http_handler,
             observer=metrics.observe,
         )
+        # The sinks after the file: the hooks (journaled by the file sink before each part
+        # is committed; run by the runner, woken by each finished part).
         recorder = Recorder(
             output, rotate_every=args.rotate_every, metrics=metrics,
             reconnect_grace=args.reconnect_grace or 0.0, index=args.index, disk_guard=guard,
             journal=journal if names else None,
+            sinks=[HookSink(runner)] if names else [],
         )
         factory: HandlerFactory = recorder
         scheme = "wss" if context is not None else "ws"
@@ -347,11 +350,13 @@ def _serve_workers(args: argparse.Namespace, environ: Mapping[str, str], output:
     _adapter_run(args.adapter)  # fail here, once, if it is not installed
     _tls_context(args.tls_cert, args.tls_key)
     metrics = Metrics()
-    names = HookRunner.hooks_for(args.on_finish, args.webhook, args.remux)
+    hooks = HookConfig(command=args.on_finish, webhook=args.webhook, remux=args.remux)
+    names = hooks.names()
     journal = Journal(output, names)
     recover(output, metrics=metrics, journal=journal if names else None, index=args.index)
     if args.keep_days is not None or args.max_total_size is not None:
-        apply_retention(output, keep_days=args.keep_days, max_total_bytes=args.max_total_size)
+        apply_retention(output, keep_days=args.keep_days, max_total_bytes=args.max_total_size,
+                        metrics=metrics)
     reserved: socket.socket | None = None
     if args.port == 0:
         # One free port for all: bound (not listening, so it takes no connections) with
@@ -390,8 +395,7 @@ def _serve_workers(args: argparse.Namespace, environ: Mapping[str, str], output:
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        runner = HookRunner(journal, command=args.on_finish, webhook=args.webhook,
-                            metrics=metrics, remux=args.remux) if names else None
+        runner = HookRunner(journal, hooks, metrics=metrics) if names else None
     except ValueError:
         forward(signal.SIGTERM, None)
         runner = None

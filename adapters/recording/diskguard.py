@@ -1,11 +1,15 @@
 """Free-space watermarks for the recorder, and optional retention.
 
 :class:`DiskGuard` answers "is the disk too full to write?" with hysteresis: it turns *low*
-when free space falls below ``low_bytes`` and back to normal only above ``high_bytes``. The
-recorder asks at every fragment boundary; while low, streams keep their connections (pings are
-still answered, so the bot does not declare the receiver dead) but their fragments are not
-written, and each stream's sidecar and the metrics say how much was lost. The check itself
-(``statvfs``) runs at most every ``interval`` seconds.
+when free space falls below ``low_bytes`` and back to normal only above ``high_bytes``, both
+raised by ``reserve_bytes`` for every stream being written (so that several streams writing
+at once stop before the disk is full, each with room for the fragment it is in). The file
+sink asks at every fragment boundary and at every buffer it writes; while low, streams keep
+their connections (pings are still answered, so the bot does not declare the receiver dead)
+but their fragments are not written, and each stream's sidecar and the metrics say how much
+was lost. Free space is measured (``statvfs``) at most every ``interval`` seconds, and again
+after every ``check_bytes`` written by all streams together; in between, what was written
+since the last measurement is taken off it.
 
 :func:`apply_retention` deletes finished recordings (media + sidecar, oldest first) that are
 older than ``keep_days`` or beyond ``max_total_bytes``; ``.part`` files, the hook journal and
@@ -16,22 +20,28 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .durable import REAL_DISK, Disk, errno_name
 from .metrics import Metrics
 
-__all__ = ["DiskGuard", "apply_retention", "free_bytes"]
+__all__ = ["DEFAULT_CHECK_BYTES", "DEFAULT_RESERVE_BYTES", "DiskGuard", "apply_retention",
+           "free_bytes"]
 
 log = logging.getLogger("meetstream_live.diskguard")
+
+#: Room kept per stream being written, on top of the watermarks: a large fragment.
+DEFAULT_RESERVE_BYTES = 4 * 1024 * 1024
+#: Free space is measured again after this many bytes written (all streams together).
+DEFAULT_CHECK_BYTES = 4 * 1024 * 1024
 
 
 def free_bytes(path: str | os.PathLike[str]) -> int:
     """Bytes available to us on the filesystem of ``path``."""
-    return shutil.disk_usage(path).free
+    return REAL_DISK.free_bytes(Path(path))
 
 
 class DiskGuard:
@@ -47,13 +57,17 @@ class DiskGuard:
         metrics: Metrics | None = None,
         free: Callable[[], int] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        reserve_bytes: int = DEFAULT_RESERVE_BYTES,
+        check_bytes: int = DEFAULT_CHECK_BYTES,
     ) -> None:
         high = high_bytes if high_bytes is not None else low_bytes * 2
-        if low_bytes < 0 or high < low_bytes:
-            raise ValueError("need 0 <= low_bytes <= high_bytes")
+        if low_bytes < 0 or high < low_bytes or reserve_bytes < 0:
+            raise ValueError("need 0 <= low_bytes <= high_bytes and reserve_bytes >= 0")
         self.root = Path(root)
         self.low_bytes = low_bytes
         self.high_bytes = high
+        self.reserve_bytes = reserve_bytes
+        self.check_bytes = check_bytes
         self.interval = interval
         self.metrics = metrics
         self._free = free if free is not None else (lambda: free_bytes(self.root))
@@ -61,44 +75,61 @@ class DiskGuard:
         self._lock = threading.Lock()
         self._low = False
         self._checked: float | None = None
+        self._written = 0  # since the last measurement
         self.last_free: int | None = None
 
-    def check(self) -> bool:
-        """Measure now; return whether we are low."""
+    def wrote(self, size: int) -> None:
+        """``size`` bytes were written under ``root`` (any stream)."""
+        with self._lock:
+            self._written += size
+
+    def check(self, streams: int = 0) -> bool:
+        """Measure now; return whether we are low with ``streams`` streams being written."""
         try:
             free = self._free()
         except OSError as exc:
-            log.error("cannot measure free space under %s: %r", self.root, exc)
+            log.error("cannot measure free space under %s: %s", self.root, errno_name(exc))
             return self._low
         with self._lock:
             self.last_free = free
+            self._written = 0
+            self._checked = self._monotonic()
+        return self._decide(free, streams)
+
+    def low(self, streams: int = 0) -> bool:
+        """Whether writing should stop; measures when due (``interval`` seconds or
+        ``check_bytes`` written since the last time), else estimates."""
+        now = self._monotonic()
+        with self._lock:
+            due = (
+                self._checked is None
+                or now - self._checked >= self.interval
+                or self._written >= self.check_bytes
+            )
+            estimate = None if self.last_free is None else self.last_free - self._written
+        if due or estimate is None:
+            return self.check(streams)
+        return self._decide(estimate, streams)
+
+    def _decide(self, free: int, streams: int) -> bool:
+        reserve = self.reserve_bytes * max(0, streams)
+        with self._lock:
             was = self._low
-            if free < self.low_bytes:
+            if free < self.low_bytes + reserve:
                 self._low = True
-            elif free >= self.high_bytes:
+            elif free >= self.high_bytes + reserve:
                 self._low = False
             low = self._low
         if low != was:
             if low:
-                log.error("free space %d bytes < low watermark %d: recordings paused",
-                          free, self.low_bytes)
+                log.error("free space %d bytes < low watermark %d (+%d for %d stream(s)): "
+                          "recordings paused", free, self.low_bytes, reserve, streams)
             else:
-                log.warning("free space %d bytes >= high watermark %d: recordings resume",
-                            free, self.high_bytes)
+                log.warning("free space %d bytes >= high watermark %d (+%d): recordings "
+                            "resume", free, self.high_bytes, reserve)
             if self.metrics is not None:
                 self.metrics.disk_low.inc(1 if low else -1)
         return low
-
-    def low(self) -> bool:
-        """Whether writing should stop; measures at most every ``interval`` seconds."""
-        now = self._monotonic()
-        with self._lock:
-            due = self._checked is None or now - self._checked >= self.interval
-            if due:
-                self._checked = now
-            else:
-                return self._low
-        return self.check()
 
 
 def apply_retention(
@@ -107,6 +138,8 @@ def apply_retention(
     keep_days: float | None = None,
     max_total_bytes: int | None = None,
     now: float | None = None,
+    disk: Disk = REAL_DISK,
+    metrics: Metrics | None = None,
 ) -> list[Path]:
     """Delete finished recordings beyond the limits; returns the media files deleted."""
     base = Path(root)
@@ -131,10 +164,14 @@ def apply_retention(
         if not (old or big):
             continue
         try:
-            media.unlink()
-            media.with_suffix(".json").unlink(missing_ok=True)
+            disk.unlink(media)
+            sidecar = media.with_suffix(".json")
+            if disk.exists(sidecar):
+                disk.unlink(sidecar)
         except OSError as exc:
-            log.error("retention: cannot delete %s: %r", media, exc)
+            log.error("retention: cannot delete %s: %s", media, errno_name(exc))
+            if metrics is not None:
+                metrics.disk_error(exc, "retention")
             continue
         total -= size
         deleted.append(media)

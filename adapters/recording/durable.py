@@ -1,10 +1,14 @@
 """Durable file I/O: new files taken with ``O_EXCL`` (never over an existing one), writes that
 finish, ``fsync`` of files and directories, renames that never replace, JSON documents replaced
-atomically. Everything the recorder, recovery and the hook journal write goes through here."""
+atomically. Everything the file sink, recovery, the hook journal and retention write goes
+through here, and through one :class:`Disk`: the operating system's file operations as an
+object, so that tests can make any of them fail (``ENOSPC``, ``EIO``...) at any write site.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -12,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DISK_ERRNOS",
     "JOIN_BELOW",
+    "REAL_DISK",
     "Chunks",
+    "Disk",
     "create_new",
     "dumps_json",
+    "errno_name",
     "fsync_dir",
     "numbered",
     "rename_noreplace",
@@ -27,10 +35,87 @@ __all__ = [
     "write_parts",
 ]
 
-def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+#: The errors of a disk that is full or failing: the recorder goes on without writing (see
+#: ``docs/recording.md``, "Disk errors"), it never closes a bot's connection for them.
+DISK_ERRNOS = frozenset(
+    code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EIO, errno.EROFS)
+    if code is not None
+)
+
+
+def errno_name(exc: BaseException) -> str:
+    """``ENOSPC``, ``EIO``... (``OSError`` without an errno: its class name)."""
+    code = getattr(exc, "errno", None)
+    if isinstance(code, int):
+        return errno.errorcode.get(code, str(code))
+    return type(exc).__name__
+
+
+class Disk:
+    """The file operations the recorder uses, one method each; the default object is the
+    real one (:data:`REAL_DISK`). Subclass it to inject faults: every write site of the file
+    sink, recovery, the hook journal and retention calls one of these."""
+
+    def open(self, path: Path, flags: int, mode: int = 0o644) -> int:
+        return os.open(path, flags | _CLOEXEC, mode)
+
+    def write(self, fd: int, data: bytes | bytearray | memoryview) -> int:
+        return os.write(fd, data)
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes:
+        return os.pread(fd, size, offset)
+
+    def truncate(self, fd: int, size: int) -> None:
+        os.ftruncate(fd, size)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def size(self, fd: int) -> int:
+        return os.fstat(fd).st_size
+
+    def seek_end(self, fd: int) -> int:
+        return os.lseek(fd, 0, os.SEEK_END)
+
+    def link(self, source: Path, target: Path) -> None:
+        os.link(source, target)
+
+    def rename(self, source: Path, target: Path) -> None:
+        os.rename(source, target)
+
+    def replace(self, source: Path, target: Path) -> None:
+        os.replace(source, target)
+
+    def unlink(self, path: Path) -> None:
+        os.unlink(path)
+
+    def exists(self, path: Path) -> bool:
+        return os.path.lexists(path)
+
+    def mkdir(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+
+    def free_bytes(self, path: Path) -> int:
+        """Bytes available to an unprivileged writer on the filesystem of ``path``."""
+        stat = os.statvfs(path)
+        return stat.f_bavail * stat.f_frsize
+
+
+#: The operating system's files.
+REAL_DISK = Disk()
+
+
+def write_all(
+    fd: int, data: bytes | bytearray | memoryview, disk: Disk = REAL_DISK
+) -> None:
     view = memoryview(data)
     while view:
-        written = os.write(fd, view)
+        written = disk.write(fd, view)
         view = view[written:]
 
 
@@ -39,15 +124,17 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
 JOIN_BELOW = 32 * 1024
 
 
-def write_parts(fd: int, parts: Sequence[bytes | memoryview], size: int) -> None:
+def write_parts(
+    fd: int, parts: Sequence[bytes | memoryview], size: int, disk: Disk = REAL_DISK
+) -> None:
     """Write ``parts`` (``size`` bytes) in order: small chunks joined into one ``write`` (one
     copy, where appending them to a growing ``bytearray`` reallocated and copied it again and
     again), large ones as they are."""
     if len(parts) == 1 or size >= JOIN_BELOW * len(parts):
         for part in parts:
-            write_all(fd, part)
+            write_all(fd, part, disk)
     elif parts:
-        write_all(fd, b"".join(parts))
+        write_all(fd, b"".join(parts), disk)
 
 
 class Chunks:
@@ -61,9 +148,9 @@ class Chunks:
         self.parts: list[bytes | memoryview] = []
         self.size = 0
 
-    def __iadd__(self, data: bytes) -> Chunks:
+    def __iadd__(self, data: bytes | memoryview) -> Chunks:
         if data:
-            self.parts.append(data if isinstance(data, bytes) else bytes(data))
+            self.parts.append(data if isinstance(data, (bytes, memoryview)) else bytes(data))
             self.size += len(data)
         return self
 
@@ -110,64 +197,77 @@ class Chunks:
         del parts[:i]
 
 
-def fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path, disk: Disk = REAL_DISK) -> None:
     with contextlib.suppress(OSError):  # not every platform / filesystem allows it
-        fd = os.open(directory, os.O_RDONLY)
+        fd = disk.open(directory, os.O_RDONLY)
         try:
-            os.fsync(fd)
+            disk.fsync(fd)
         finally:
-            os.close(fd)
+            disk.close(fd)
 
 
-def create_new(path: Path) -> int:
+def create_new(path: Path, disk: Disk = REAL_DISK) -> int:
     """Open a new file for writing; ``FileExistsError`` if anything is there already."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    return os.open(path, flags, 0o644)
+    return disk.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
 
 
-def reopen(path: Path) -> int:
+def reopen(path: Path, disk: Disk = REAL_DISK) -> int:
     """Open one of our ``.part`` files again, positioned at its end."""
-    fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-    os.lseek(fd, 0, os.SEEK_END)
+    fd = disk.open(path, os.O_RDWR)
+    try:
+        disk.seek_end(fd)
+    except BaseException:
+        disk.close(fd)
+        raise
     return fd
 
 
-def write_new(path: Path, data: bytes) -> None:
-    """A new file with ``data``, fsynced."""
-    fd = create_new(path)
+def write_new(path: Path, data: bytes, disk: Disk = REAL_DISK) -> None:
+    """A new file with ``data``, fsynced; nothing is left behind when it fails."""
+    fd = create_new(path, disk)
     try:
-        write_all(fd, data)
-        os.fsync(fd)
+        write_all(fd, data, disk)
+        disk.fsync(fd)
     except BaseException:
-        os.close(fd)
         with contextlib.suppress(OSError):
-            os.unlink(path)  # never leave a half-written file behind
+            disk.close(fd)
+        with contextlib.suppress(OSError):
+            disk.unlink(path)  # never leave a half-written file behind
         raise
-    os.close(fd)
+    disk.close(fd)
 
 
-def rename_noreplace(source: Path, target: Path) -> None:
+def rename_noreplace(source: Path, target: Path, disk: Disk = REAL_DISK) -> None:
     """Rename without ever replacing ``target`` (``FileExistsError`` if it exists)."""
     try:
-        os.link(source, target)
+        disk.link(source, target)
     except FileExistsError:
         raise
-    except OSError:
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP,
+                             errno.EMLINK):
+            raise  # a disk error, not a filesystem without hard links
         # No hard links here (some network and FAT filesystems): check, then rename.
-        if os.path.lexists(target):
+        if disk.exists(target):
             raise FileExistsError(target) from None
-        os.rename(source, target)
+        disk.rename(source, target)
     else:
-        os.unlink(source)
+        disk.unlink(source)
 
 
-def replace_json(path: Path, document: dict[str, Any]) -> None:
-    """Write our own sidecar anew (recovery updates it): a temporary file, then a rename."""
+def replace_json(path: Path, document: dict[str, Any], disk: Disk = REAL_DISK) -> None:
+    """Write our own document anew (a manifest, a sidecar recovery updates): a temporary
+    file, then a rename over the old one."""
     temporary = path.with_name(path.name + f".{os.getpid()}.tmp")
     with contextlib.suppress(FileNotFoundError):
-        temporary.unlink()
-    write_new(temporary, dumps_json(document))
-    os.replace(temporary, path)
+        disk.unlink(temporary)
+    write_new(temporary, dumps_json(document), disk)
+    try:
+        disk.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            disk.unlink(temporary)
+        raise
 
 
 def dumps_json(document: dict[str, Any]) -> bytes:
@@ -176,7 +276,9 @@ def dumps_json(document: dict[str, Any]) -> bytes:
     )
 
 
-def reserve(directory: Path, stems: Callable[[int], str]) -> tuple[str, int]:
+def reserve(
+    directory: Path, stems: Callable[[int], str], disk: Disk = REAL_DISK
+) -> tuple[str, int]:
     """Take the first stem ``stems(0), stems(1)...`` with none of its four files existing.
 
     Returns the stem and an open descriptor of its new, empty ``.mp4.part``; its
@@ -186,24 +288,24 @@ def reserve(directory: Path, stems: Callable[[int], str]) -> tuple[str, int]:
         stem = stems(n)
         part = directory / f"{stem}.mp4.part"
         try:
-            fd = create_new(part)
+            fd = create_new(part, disk)
         except FileExistsError:
             continue
         try:
-            if not any(os.path.lexists(directory / f"{stem}{s}") for s in (".mp4", ".json")):
-                os.close(create_new(directory / f"{stem}.json.part"))
+            if not any(disk.exists(directory / f"{stem}{s}") for s in (".mp4", ".json")):
+                disk.close(create_new(directory / f"{stem}.json.part", disk))
                 return stem, fd
         except FileExistsError:
             pass
         except BaseException:
-            os.close(fd)
-            os.unlink(part)
+            disk.close(fd)
+            with contextlib.suppress(OSError):
+                disk.unlink(part)
             raise
-        os.close(fd)
-        os.unlink(part)
+        disk.close(fd)
+        disk.unlink(part)
     raise FileExistsError(f"no free file name in {directory} for {stems(0)!r}")
 
 
 def numbered(base: str) -> Callable[[int], str]:
     return lambda n: base if n == 0 else f"{base}_{n}"
-

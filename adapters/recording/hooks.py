@@ -1,25 +1,32 @@
-"""Durable post-processing hooks: every finished recording is journaled on disk before any
-hook runs, so each hook runs at least once, even across a crash and a restart.
+"""Durable post-processing hooks: every finished recording is journaled on disk before it is
+committed, so each hook runs at least once, even across a crash and a restart.
 
 * :class:`Journal` keeps one small JSON file per finished recording in
-  ``<output>/.hooks/``, written and fsynced by the recorder *before* it removes the
+  ``<output>/.hooks/``, written and fsynced by the file sink *before* it removes the
   recording's ``.json.part`` (so a crash at any point leaves either the ``.json.part``, which
-  :func:`~.recorder.recover` turns into a journal entry, or the entry itself).
-* :class:`HookRunner` runs the hooks of each entry in a background thread, in this order:
-  ``--remux mp4`` (:func:`~.remux.remux_mp4`: ``<stem>.remux.mp4`` beside the recording),
-  ``--on-finish`` (a command run with the media and sidecar paths appended, without a
-  shell; exit status 0 is success) and ``--webhook`` (an HTTP POST of the sidecar JSON; a
-  2xx answer is success).
-  A failure is retried with exponential backoff; an entry is deleted only when all its hooks
-  have succeeded. On start it picks up whatever the journal still holds. While the remux
-  fails, the hooks after it wait (so they can rely on ``<stem>.remux.mp4``), for at most
-  ``remux_attempts`` attempts: then the remux is given up (logged) and they run without it.
+  :func:`~.recovery.recover` turns into a journal entry, or the entry itself). An entry's name
+  comes from its recording, so journaling the same recording twice (a retry, a recovery)
+  leaves one entry.
+* :data:`HOOK_KINDS` is the registry of hook kinds, in the order they run: ``remux``
+  (``--remux mp4``, :func:`~.remux.remux_mp4`: ``<stem>.remux.mp4`` beside the recording),
+  ``command`` (``--on-finish``: a command run with the media and sidecar paths appended,
+  without a shell; exit status 0 is success) and ``webhook`` (``--webhook``: an HTTP POST of
+  the sidecar JSON; a 2xx answer is success). :class:`HookConfig` says which are on.
+* :class:`HookRunner` runs the hooks of each entry in a background thread. A failure is
+  retried with exponential backoff; an entry is deleted only when all its hooks have
+  succeeded; an entry whose recording is not committed yet (its ``.json.part`` is still
+  there) waits. On start it picks up whatever the journal still holds. While a *gate* hook
+  (the remux) fails, the hooks after it wait (so they can rely on ``<stem>.remux.mp4``), for
+  at most ``remux_attempts`` attempts: then it is given up (logged) and they run without it.
+* :class:`HookSink` is the hooks' place among the recorder's sinks: each
+  :class:`~.sinks.PartFinalized` wakes the runner. :class:`CallbackSink` calls a Python
+  function (``Recorder(on_finish=...)``) with each finished recording, in a thread of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import hashlib
 import json
 import logging
 import os
@@ -29,41 +36,135 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from meetstream_live import __version__
 
-from .durable import dumps_json, fsync_dir, replace_json, write_new
+from .durable import REAL_DISK, Disk, dumps_json, fsync_dir, replace_json, write_new
 from .metrics import Metrics
 from .sidecar import FinishedRecording
+from .sinks import Part, PartFinalized, Sink, SinkEvent
 
-__all__ = ["HookRunner", "Journal"]
+__all__ = [
+    "HOOK_KINDS",
+    "CallbackSink",
+    "FinishCallback",
+    "HookConfig",
+    "HookKind",
+    "HookRunner",
+    "HookSink",
+    "Journal",
+]
 
 log = logging.getLogger("meetstream_live.hooks")
 
 JOURNAL_DIR = ".hooks"
 
+FinishCallback = Callable[[FinishedRecording], None]
+
+
+@dataclass(frozen=True)
+class HookConfig:
+    """Which hooks are on: the ``serve`` options ``--on-finish`` (``command``),
+    ``--webhook`` and ``--remux``."""
+
+    command: str | None = None
+    webhook: str | None = None
+    remux: str | None = None
+
+    def names(self) -> tuple[str, ...]:
+        """The hook names a journal entry lists, in the order they run."""
+        return tuple(kind.name for kind in HOOK_KINDS.values() if kind.setting(self))
+
+
+@dataclass(frozen=True)
+class HookKind:
+    """One kind of hook: its name in journal entries, the :class:`HookConfig` field (and
+    ``serve`` option) that turns it on, whether the later hooks wait for it, how it runs."""
+
+    name: str
+    field: str
+    option: str
+    gate: bool
+    run: Callable[[HookRunner, Mapping[str, Any]], None]
+
+    def setting(self, config: HookConfig) -> Any:
+        value: Any = getattr(config, self.field)
+        return value
+
+
+def _remux(runner: HookRunner, entry: Mapping[str, Any]) -> None:
+    from .remux import remux_mp4
+
+    remux_mp4(str(entry["path"]))
+
+
+def _command(runner: HookRunner, entry: Mapping[str, Any]) -> None:
+    assert runner.argv is not None
+    done = subprocess.run(
+        [*runner.argv, str(entry["path"]), str(entry["sidecar_path"])],
+        stdin=subprocess.DEVNULL, check=False, timeout=runner.timeout * 20,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"exit status {done.returncode}")
+
+
+def _webhook(runner: HookRunner, entry: Mapping[str, Any]) -> None:
+    url = runner.config.webhook
+    assert url is not None
+    body = Path(str(entry["sidecar_path"])).read_bytes()
+    request = urllib.request.Request(
+        url, data=body, method="POST",
+        headers={"Content-Type": "application/json",
+                 "User-Agent": f"meetstream-live/{__version__}"},
+    )
+    with urllib.request.urlopen(request, timeout=runner.timeout) as response:
+        if not 200 <= response.status < 300:
+            raise RuntimeError(f"HTTP {response.status}")
+
+
+#: Every hook kind, in the order the hooks of an entry run.
+HOOK_KINDS: dict[str, HookKind] = {
+    kind.name: kind
+    for kind in (
+        HookKind("remux", "remux", "--remux", gate=True, run=_remux),
+        HookKind("command", "command", "--on-finish", gate=False, run=_command),
+        HookKind("webhook", "webhook", "--webhook", gate=False, run=_webhook),
+    )
+}
+
 
 class Journal:
     """The on-disk list of finished recordings whose hooks have not all succeeded."""
 
-    def __init__(self, output_dir: str | os.PathLike[str], hooks: tuple[str, ...]) -> None:
+    def __init__(
+        self, output_dir: str | os.PathLike[str], hooks: tuple[str, ...], *,
+        disk: Disk = REAL_DISK,
+    ) -> None:
         self.directory = Path(output_dir).resolve() / JOURNAL_DIR
         self.hooks = hooks
-        self._counter = itertools.count()
-        self._lock = threading.Lock()
+        self.disk = disk
         self.added: Callable[[], None] | None = None  # the runner's wake-up
 
+    @staticmethod
+    def entry_name(recording: FinishedRecording) -> str:
+        """The entry's file name: from the recording, so one recording has one entry."""
+        ended = recording.sidecar.get("ended_at_ms")
+        digest = hashlib.sha256(str(recording.path).encode("utf-8", "surrogateescape"))
+        return f"{ended if isinstance(ended, int) else 0:013d}-{digest.hexdigest()[:16]}.json"
+
     def add(self, recording: FinishedRecording) -> Path | None:
-        """Journal ``recording`` (durably); called by the recorder before it commits."""
+        """Journal ``recording`` (durably); called before its recording is committed. Once
+        per recording: an entry already there is kept."""
         if not self.hooks:
             return None
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            name = f"{time.time_ns()}-{os.getpid()}-{next(self._counter)}.json"
-        path = self.directory / name
+        self.disk.mkdir(self.directory)
+        path = self.directory / self.entry_name(recording)
+        if self.disk.exists(path):
+            return path
         entry = {
             "path": str(recording.path),
             "sidecar_path": str(recording.sidecar_path),
@@ -72,8 +173,11 @@ class Journal:
             "next_at": 0.0,
             "last_error": None,
         }
-        write_new(path, dumps_json(entry))
-        fsync_dir(self.directory)
+        try:
+            write_new(path, dumps_json(entry), self.disk)
+        except FileExistsError:
+            return path
+        fsync_dir(self.directory, self.disk)
         if self.added is not None:
             self.added()
         return path
@@ -90,6 +194,7 @@ class HookRunner:
     def __init__(
         self,
         journal: Journal,
+        config: HookConfig | None = None,
         *,
         command: str | None = None,
         webhook: str | None = None,
@@ -101,14 +206,14 @@ class HookRunner:
         remux_attempts: int = 3,
     ) -> None:
         self.journal = journal
-        if remux not in (None, "mp4"):
-            raise ValueError(f"unknown remux format {remux!r}")
-        self.remux = remux
+        self.config = config or HookConfig(command=command, webhook=webhook, remux=remux)
+        if self.config.remux not in (None, "mp4"):
+            raise ValueError(f"unknown remux format {self.config.remux!r}")
         self.remux_attempts = remux_attempts
+        command = self.config.command
         self.argv = shlex.split(command) if command else None
         if command is not None and not self.argv:
             raise ValueError("empty hook command")
-        self.webhook = webhook
         self.metrics = metrics
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -123,11 +228,7 @@ class HookRunner:
         command: str | None, webhook: str | None, remux: str | None = None
     ) -> tuple[str, ...]:
         """The hook names a journal entry lists, for these options, in the order they run."""
-        return tuple(
-            name
-            for name, on in (("remux", remux), ("command", command), ("webhook", webhook))
-            if on
-        )
+        return HookConfig(command=command, webhook=webhook, remux=remux).names()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="hooks", daemon=True)
@@ -168,10 +269,23 @@ class HookRunner:
             if due > now:
                 nearest = min(nearest, due - now)
                 continue
+            if not self._committed(entry):
+                nearest = min(nearest, self.UNCOMMITTED_WAIT)
+                continue
             if self._run_entry(path, entry):
                 continue
             nearest = min(nearest, float(entry["next_at"]) - now)
         return max(0.0, nearest)
+
+    #: Seconds before an entry whose recording is not committed yet is looked at again.
+    UNCOMMITTED_WAIT = 0.5
+
+    @staticmethod
+    def _committed(entry: Mapping[str, Any]) -> bool:
+        """The recording is final: its ``.json.part`` is gone (a journaled recording is
+        committed right after, by the file sink or by recovery)."""
+        sidecar = entry.get("sidecar_path")
+        return not isinstance(sidecar, str) or not os.path.lexists(sidecar + ".part")
 
     def _run_entry(self, path: Path, entry: dict[str, Any]) -> bool:
         """Run the pending hooks of one entry; True when none is left."""
@@ -180,35 +294,25 @@ class HookRunner:
         still: list[str] = []
         error: str | None = None
         for number, hook in enumerate(pending):
-            if hook == "remux":  # always first
-                try:
-                    self._run(hook, entry)
-                except Exception as exc:
-                    log.warning("remux failed for %s (attempt %d of %d): %s",
-                                entry.get("path"), attempts, self.remux_attempts, exc)
-                    if self.metrics is not None:
-                        self.metrics.hooks.inc(label="failed")
-                    if attempts < self.remux_attempts:
-                        # The hooks after it wait for it.
-                        still = pending[number:]
-                        error = f"remux: {exc}"
-                        break
-                    log.error("remux given up for %s: %s", entry.get("path"), exc)
-                else:
-                    if self.metrics is not None:
-                        self.metrics.hooks.inc(label="ok")
-                continue
+            kind = HOOK_KINDS.get(hook)
             try:
-                self._run(hook, entry)
+                self._run(kind, hook, entry)
             except Exception as exc:
+                self._count("failed")
+                if kind is not None and kind.gate:
+                    log.warning("%s failed for %s (attempt %d of %d): %s", hook,
+                                entry.get("path"), attempts, self.remux_attempts, exc)
+                    if attempts < self.remux_attempts:
+                        still = pending[number:]  # the hooks after it wait for it
+                        error = f"{hook}: {exc}"
+                        break
+                    log.error("%s given up for %s: %s", hook, entry.get("path"), exc)
+                    continue
                 still.append(hook)
                 error = f"{hook}: {exc}"
                 log.warning("hook %s failed for %s: %s", hook, entry.get("path"), exc)
-                if self.metrics is not None:
-                    self.metrics.hooks.inc(label="failed")
             else:
-                if self.metrics is not None:
-                    self.metrics.hooks.inc(label="ok")
+                self._count("ok")
         if not still:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -217,37 +321,52 @@ class HookRunner:
         entry.update(pending=still, attempts=attempts, next_at=time.time() + delay,
                      last_error=error)
         with contextlib.suppress(OSError):
-            replace_json(path, entry)
+            replace_json(path, entry, self.journal.disk)
         return False
 
-    def _run(self, hook: str, entry: dict[str, Any]) -> None:
-        media, sidecar = str(entry["path"]), str(entry["sidecar_path"])
-        if hook == "remux":
-            if self.remux is None:
-                raise RuntimeError("no --remux format configured")
-            from .remux import remux_mp4
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.hooks.inc(label=outcome)
 
-            remux_mp4(media)
-        elif hook == "command":
-            if self.argv is None:
-                raise RuntimeError("no --on-finish command configured")
-            done = subprocess.run(
-                [*self.argv, media, sidecar], stdin=subprocess.DEVNULL, check=False,
-                timeout=self.timeout * 20,
-            )
-            if done.returncode != 0:
-                raise RuntimeError(f"exit status {done.returncode}")
-        elif hook == "webhook":
-            if self.webhook is None:
-                raise RuntimeError("no --webhook URL configured")
-            body = Path(sidecar).read_bytes()
-            request = urllib.request.Request(
-                self.webhook, data=body, method="POST",
-                headers={"Content-Type": "application/json",
-                         "User-Agent": f"meetstream-live/{__version__}"},
-            )
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                if not 200 <= response.status < 300:
-                    raise RuntimeError(f"HTTP {response.status}")
-        else:
-            raise RuntimeError(f"unknown hook {hook!r}")
+    def _run(self, kind: HookKind | None, name: str, entry: Mapping[str, Any]) -> None:
+        if kind is None:
+            raise RuntimeError(f"unknown hook {name!r}")
+        if not kind.setting(self.config):
+            raise RuntimeError(f"no {kind.option} configured")
+        kind.run(self, entry)
+
+
+class HookSink(Sink):
+    """The hooks among the recorder's sinks: a finished part (journaled already, by the file
+    sink) wakes the :class:`HookRunner`; without a runner (``serve --workers``: the parent
+    process runs the hooks) it does nothing."""
+
+    name: ClassVar[str] = "hooks"
+    accepts: ClassVar[tuple[type[SinkEvent], ...]] = (PartFinalized,)
+    runs: ClassVar[Literal["thread", "inline"]] = "inline"
+
+    def __init__(self, runner: HookRunner | None) -> None:
+        self.runner = runner
+
+    def handle(self, part: Part, events: Sequence[SinkEvent]) -> None:
+        if self.runner is not None:
+            added = self.runner.journal.added
+            if added is not None:
+                added()
+
+
+class CallbackSink(Sink):
+    """Calls ``callback`` with each finished recording (``Recorder(on_finish=...)``), in a
+    thread of its own, in the order the parts were finalized."""
+
+    name: ClassVar[str] = "on_finish"
+    accepts: ClassVar[tuple[type[SinkEvent], ...]] = (PartFinalized,)
+    threads: ClassVar[int] = 1
+
+    def __init__(self, callback: FinishCallback) -> None:
+        self.callback = callback
+
+    def handle(self, part: Part, events: Sequence[SinkEvent]) -> None:
+        for event in events:
+            if isinstance(event, PartFinalized):
+                self.callback(event.recording)

@@ -5,8 +5,10 @@ exposition format 0.0.4, plus the ``/healthz`` and ``/metrics`` answers.
 
 * :meth:`Metrics.observe` is the server's ``ServerOptions.observer``: it is called on the event
   loop with every core event of every connection, so it only bumps numbers.
-* the :class:`~meetstream_live.adapters.recorder.Recorder` reports what only it knows (streams
-  open and finished, bytes written, disk errors, recording warnings) from its worker threads.
+* the recorder (:class:`~.sessions.Recorder`, its file sink and its other sinks) reports what
+  only it knows (streams open and finished, bytes written, disk errors, recording warnings)
+  from its threads; :meth:`Metrics.watch_sinks` adds each sink's backlog, lag, errors and
+  drops, read when ``/metrics`` is rendered.
 
 Every update takes one lock; rendering takes it once and copies. Names say what they measure:
 the latency histogram is the bot's clock to ours (``server_received_at_ms - sent_at_ms``, so it
@@ -17,7 +19,8 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from meetstream_live import (
     Accepted,
@@ -32,6 +35,9 @@ from meetstream_live import (
     StreamStarted,
 )
 from meetstream_live.adapters import HTTPAnswer
+
+if TYPE_CHECKING:
+    from .sinks import SinkStats
 
 __all__ = ["CONTENT_TYPE", "HTTP_PATHS", "Counter", "Gauge", "Histogram", "Metrics"]
 
@@ -185,6 +191,20 @@ class Histogram(_Metric):
         return lines
 
 
+#: What ``/metrics`` shows of each sink (a :class:`~.sinks.SinkStats` field, its kind, help).
+_SINK_FIELDS = (
+    ("backlog_bytes", "gauge", "Media bytes queued for the sink or being handled."),
+    ("backlog_events", "gauge", "Events queued for the sink or being handled."),
+    ("lag_seconds", "gauge", "Age of the oldest event the sink has not handled yet."),
+    ("handled_events", "counter", "Events the sink handled."),
+    ("errors", "counter", "Failures of the sink (exceptions from its handle())."),
+    ("dropped_events", "counter", "Events dropped for the sink (queue full, part failed)."),
+    ("dropped_bytes", "counter", "Media bytes in the dropped events."),
+    ("failed_parts", "counter", "Parts the sink gave up after repeated failures."),
+    ("parts", "counter", "Parts the sink has seen."),
+)
+
+
 class Metrics:
     """The receiver's metrics. Pass :meth:`observe` as ``ServerOptions.observer`` and
     :meth:`http_handler` as ``ServerOptions.http_handler`` (with :data:`HTTP_PATHS` in
@@ -193,6 +213,7 @@ class Metrics:
     def __init__(self, prefix: str = "meetstream_live") -> None:
         lock = threading.Lock()
         self._lock = lock
+        self.prefix = prefix
         p = prefix
         self.connections_active = Gauge(
             f"{p}_websocket_connections_active", "Open WebSocket connections from bots.", lock
@@ -310,6 +331,27 @@ class Metrics:
         self.hooks_pending = Gauge(
             f"{p}_hooks_pending", "Journaled hook runs not done yet.", lock
         )
+        # Issue 13: every write can fail.
+        self.disk_errors = Counter(
+            f"{p}_disk_errors",
+            "Failed file operations of the recorder, by errno (ENOSPC, EDQUOT, EIO, EROFS...).",
+            lock,
+            label="errno",
+        )
+        self.disk_error_sites = Counter(
+            f"{p}_disk_error_sites",
+            "Failed file operations of the recorder, by where (media_write, fsync, rename, "
+            "sidecar, manifest, journal, open, truncate, retention...).",
+            lock,
+            label="site",
+        )
+        self.finalize_pending = Gauge(
+            f"{p}_finalize_pending",
+            "Parts whose finalizing waits for the disk (retried; recover() finishes them "
+            "at the next start otherwise).",
+            lock,
+        )
+        self._sink_stats: list[Callable[[], list[SinkStats]]] = []
         self._all: tuple[_Metric, ...] = (
             self.connections_active,
             self.connections,
@@ -334,7 +376,36 @@ class Metrics:
             self.disk_low,
             self.hooks,
             self.hooks_pending,
+            self.disk_errors,
+            self.disk_error_sites,
+            self.finalize_pending,
         )
+
+    def disk_error(self, exc: BaseException, site: str) -> None:
+        """One failed file operation: ``errors{kind="disk"}``, by errno and by site."""
+        from .durable import errno_name
+
+        self.errors.inc(label="disk")
+        self.disk_errors.inc(label=errno_name(exc))
+        self.disk_error_sites.inc(label=site)
+
+    def watch_sinks(self, stats: Callable[[], list[SinkStats]]) -> None:
+        """Render these sinks' numbers too (``meetstream_live_sink_*{sink="..."}``)."""
+        self._sink_stats.append(stats)
+
+    def _render_sinks(self) -> list[str]:
+        rows = [row for source in self._sink_stats for row in source()]
+        if not rows:
+            return []
+        p = self.prefix
+        lines: list[str] = []
+        for field, kind, help_text in _SINK_FIELDS:
+            name = f"{p}_sink_{field}" + ("_total" if kind == "counter" else "")
+            lines += [f"# HELP {p}_sink_{field} {help_text}", f"# TYPE {p}_sink_{field} {kind}"]
+            for row in rows:
+                labels = _labels((("sink", row.name), ("when_full", row.when_full)))
+                lines.append(f"{name}{labels} {_number(getattr(row, field))}")
+        return lines
 
     # ------------------------------------------------------------------ feeding
 
@@ -367,6 +438,7 @@ class Metrics:
         """The whole exposition, in the text format 0.0.4."""
         with self._lock:
             lines = [line for metric in self._all for line in metric.render()]
+        lines += self._render_sinks()  # outside the lock: the sinks take their own
         return "\n".join(lines) + "\n"
 
     def http_handler(self, request: HTTPRequest) -> HTTPAnswer:

@@ -1,8 +1,12 @@
-"""Crash recovery: finish the recordings a crash left as ``.part`` files.
+"""Crash recovery: finish the recordings a crash (or a disk that never came back) left as
+``.part`` files.
 
-:func:`recover` cuts each ``.mp4.part`` back to the end of its last complete fragment, renames
-it and writes its sidecar (``end_reason`` ``crash``, verdict ``truncated``); it also closes the
-session manifests a crash left in state ``recording``.
+:func:`recover` finishes whatever point of the finalize sequence (:mod:`.finalize`) a part
+was left at: a part whose final sidecar was written is renamed and committed as it is; any
+other ``.mp4.part`` is cut back to the end of its last complete fragment, renamed, and gets
+its sidecar (``end_reason`` ``crash``, verdict ``truncated``). It also closes the session
+manifests left in state ``recording``, and removes the temporary files of interrupted atomic
+replaces.
 """
 
 from __future__ import annotations
@@ -11,14 +15,15 @@ import contextlib
 import json
 import logging
 import os
+import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meetstream_live import Fmp4Event, FragmentComplete
-from meetstream_live.adapters._common import now_ms
 
-from .durable import fsync_dir, rename_noreplace, replace_json
+from .durable import REAL_DISK, Disk, fsync_dir, rename_noreplace, replace_json
 from .meter import TRUNCATED, MediaMeter, fragment_entry, track_ends, worst
 from .metrics import Metrics
 from .mp4index import finish_index
@@ -34,6 +39,10 @@ log = logging.getLogger("meetstream_live.recorder")
 
 #: Read size when scanning a file during recovery.
 _SCAN_READ = 1024 * 1024
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _leftovers(root: Path) -> Iterator[tuple[Path, str, bool]]:
@@ -81,10 +90,11 @@ def _scan_file(path: Path) -> MediaMeter:
 def recover(
     output_dir: str | os.PathLike[str],
     *,
-    clock: Callable[[], int] = now_ms,
+    clock: Callable[[], int] = _wall_ms,
     metrics: Metrics | None = None,
     journal: Journal | None = None,
     index: bool = False,
+    disk: Disk = REAL_DISK,
 ) -> list[FinishedRecording]:
     """Finish the recordings a crash left as ``.part`` files under ``output_dir``.
 
@@ -95,23 +105,40 @@ def recover(
     nothing else is writing under ``output_dir``.
     """
     root = Path(output_dir).resolve()
+    _remove_temporaries(root, disk)
     done: list[FinishedRecording] = []
     for directory, stem, renamed in _leftovers(root):
         try:
-            recording = _recover_one(directory, stem, renamed, clock(), journal, index)
+            recording = _recover_one(directory, stem, renamed, clock(), journal, index, disk)
         except OSError as exc:
             if metrics is not None:
-                metrics.errors.inc(label="disk")
+                metrics.disk_error(exc, "recover")
             log.error("could not recover %s/%s: %r", directory, stem, exc)
         else:
             done.append(recording)
             if metrics is not None:
                 metrics.verdicts.inc(label=recording.sidecar["verdict"])
-    _recover_manifests(root, done, clock())
+    _recover_manifests(root, done, clock(), disk)
     return done
 
 
-def _recover_manifests(root: Path, done: list[FinishedRecording], now: int) -> None:
+#: The temporary file of an interrupted :func:`~.durable.replace_json`: ``<name>.<pid>.tmp``.
+_TEMPORARY = re.compile(r"\.json\.\d+\.tmp$")
+
+
+def _remove_temporaries(root: Path, disk: Disk) -> None:
+    for path in root.rglob("*.tmp"):
+        if _TEMPORARY.search(path.name):
+            with contextlib.suppress(OSError):
+                disk.unlink(path)
+
+
+def _final(document: dict[str, Any] | None) -> bool:
+    """A sidecar the file sink wrote at the end of a stream (not a stub, not recovered)."""
+    return document is not None and document.get("verdict") is not None
+
+
+def _recover_manifests(root: Path, done: list[FinishedRecording], now: int, disk: Disk) -> None:
     """Close the session manifests a crash left in state ``recording``: each part gets what
     its sidecar says (state ``recovered`` for the parts just recovered), the manifest state
     ``recovered``, ``recovered_parts`` the file names of the recovered parts."""
@@ -162,7 +189,7 @@ def _recover_manifests(root: Path, done: list[FinishedRecording], now: int) -> N
             recovered_at=iso(now),
         )
         try:
-            replace_json(path, document)
+            replace_json(path, document, disk)
         except OSError as exc:
             log.error("could not update the manifest %s: %r", path, exc)
         else:
@@ -171,21 +198,27 @@ def _recover_manifests(root: Path, done: list[FinishedRecording], now: int) -> N
 
 
 def _recover_one(
-    directory: Path, stem: str, renamed: bool, now: int, journal: Journal | None, index: bool
+    directory: Path, stem: str, renamed: bool, now: int, journal: Journal | None, index: bool,
+    disk: Disk,
 ) -> FinishedRecording:
     part = directory / f"{stem}.mp4.part"
-    if renamed:
-        # Crashed after the sidecar was written, before the hooks were journaled.
-        done = load_json(directory / f"{stem}.json")
-        if done is not None and done.get("verdict") is not None:
-            recording = FinishedRecording(directory / f"{stem}.mp4", directory / f"{stem}.json",
-                                          done)
-            if journal is not None:
-                journal.add(recording)
-            with contextlib.suppress(FileNotFoundError):
-                (directory / f"{stem}.json.part").unlink()
-            return recording
+    sidecar_path = directory / f"{stem}.json"
+    final = load_json(sidecar_path)
     media = directory / f"{stem}.mp4" if renamed else part
+    if _final(final) and final is not None and (
+        renamed or media.stat().st_size == final.get("bytes")
+    ):
+        # Stopped after its final sidecar was written: finish the sequence as it was.
+        recording = FinishedRecording(directory / f"{stem}.mp4", sidecar_path, final)
+        if journal is not None:
+            journal.add(recording)
+        if not renamed:
+            rename_noreplace(part, recording.path, disk)
+        with contextlib.suppress(FileNotFoundError):
+            disk.unlink(directory / f"{stem}.json.part")
+        fsync_dir(directory, disk)
+        log.warning("finished %s (its sidecar was written before the stop)", recording.path)
+        return recording
     size = media.stat().st_size
     modified_ms = media.stat().st_mtime_ns // 1_000_000
     meter = _scan_file(media)
@@ -196,35 +229,34 @@ def _recover_one(
     # A finalized (renamed) file is cut only when it ends inside a box (a disk that filled up
     # mid-fragment): an index appended after its last fragment stays.
     torn = meter.completeness.torn_at is not None
-    if end > 0 and (not renamed or torn):
-        cut = size - end
-        if cut:
-            os.truncate(media, end)
-    elif not renamed:
-        warnings.append(
-            {
-                "source": "recorder",
-                "kind": "no_complete_fragment",
-                "message": "no complete fragment found: the file was kept whole",
-            }
-        )
     indexed = False
-    fd = os.open(media, os.O_RDWR)
+    fd = disk.open(media, os.O_RDWR)
     try:
+        if end > 0 and (not renamed or torn):
+            cut = size - end
+            if cut:
+                disk.truncate(fd, end)
+        elif not renamed:
+            warnings.append(
+                {
+                    "source": "recorder",
+                    "kind": "no_complete_fragment",
+                    "message": "no complete fragment found: the file was kept whole",
+                }
+            )
         if index and (not renamed or torn) and end > 0 and meter.entries:
             with contextlib.suppress(OSError, ValueError):
                 finish_index(fd, end, meter.entries, track_ends(meter.completeness))
                 indexed = True
-        os.fsync(fd)
+        disk.fsync(fd)
     finally:
-        os.close(fd)
+        disk.close(fd)
     if not renamed:
-        final = directory / f"{stem}.mp4"
-        rename_noreplace(part, final)
+        target = directory / f"{stem}.mp4"
+        rename_noreplace(part, target, disk)
     else:
-        final = media
-    sidecar_path = directory / f"{stem}.json"
-    document = load_json(sidecar_path) or load_json(directory / f"{stem}.json.part") or {}
+        target = media
+    document = final or load_json(directory / f"{stem}.json.part") or {}
     previous = document.get("warnings")
     completeness = meter.completeness.report(0)
     completeness["reported_duration_seconds"] = None
@@ -232,7 +264,7 @@ def _recover_one(
     document.update(
         {
             "version": SIDECAR_VERSION,
-            "file": final.name,
+            "file": target.name,
             "end_reason": "crash",
             "verdict": TRUNCATED,
             "verdict_reasons": ["the receiver stopped before the stream ended (crash)"],
@@ -241,7 +273,7 @@ def _recover_one(
             "ended_at_ms": document.get("ended_at_ms") or modified_ms,
             "end": "crash",
             "clean": False,
-            "bytes": final.stat().st_size,
+            "bytes": target.stat().st_size,
             "fragments": fragments,
             "media_duration_seconds": round(seconds, 6),
             "recovered": True,
@@ -251,15 +283,15 @@ def _recover_one(
             "warnings": (previous if isinstance(previous, list) else []) + warnings,
         }
     )
-    replace_json(sidecar_path, document)
-    recording = FinishedRecording(final, sidecar_path, document)
+    replace_json(sidecar_path, document, disk)
+    recording = FinishedRecording(target, sidecar_path, document)
     if journal is not None:
         journal.add(recording)
     with contextlib.suppress(FileNotFoundError):
-        (directory / f"{stem}.json.part").unlink()
-    fsync_dir(directory)
+        disk.unlink(directory / f"{stem}.json.part")
+    fsync_dir(directory, disk)
     log.warning(
-        "recovered %s: %d bytes, %d fragments, cut %d bytes", final, document["bytes"],
+        "recovered %s: %d bytes, %d fragments, cut %d bytes", target, document["bytes"],
         fragments, cut,
     )
     return recording

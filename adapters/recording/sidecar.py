@@ -1,38 +1,47 @@
 """The sidecar: the JSON document beside each recording that says what happened to it.
 
 Its fields are listed in ``docs/recording.md`` and checked by ``docs/sidecar.schema.json``;
-:data:`SIDECAR_VERSION` goes up when a field changes meaning.
+:data:`SIDECAR_VERSION` goes up when a field changes meaning. A sidecar is made of two halves:
+
+* :class:`StreamFacts` — what the stream model knows about a part (how it ended, pings,
+  warnings, reconnects): the ``summary`` of its :class:`~.sinks.PartClosed`;
+* :class:`FileFacts` — what the file sink knows about the part's file (its bytes, the
+  fragments in it, what the disk lost), made by the file sink.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from meetstream_live import StreamStarted
-from meetstream_live.adapters._common import ConnectionInfo
-
-from .meter import COMPLETE, GAPS, TRUNCATED
+from .meter import COMPLETE, GAPS, TRUNCATED, Completeness
 from .names import iso
 
 if TYPE_CHECKING:
-    from .recorder import _Piece, _Session
+    from .sinks import Part
 
 __all__ = [
     "CONTINUED",
+    "MAX_HOLES",
     "MAX_WARNINGS",
     "SIDECAR_VERSION",
+    "FileFacts",
     "FinishedRecording",
+    "StreamFacts",
     "build_sidecar",
     "end_reason",
     "part_verdict",
 ]
 
-#: Sidecar format version; bumped when a field changes meaning.
-SIDECAR_VERSION = 2
+#: Sidecar format version; bumped when a field changes meaning. 3: ``holes``, ``sinks``,
+#: ``received_bytes``, ``disk_errors``; disk errors no longer end a part (no ``disk_full``
+#: end reason).
+SIDECAR_VERSION = 3
 #: Warnings kept in one sidecar; more are only counted.
 MAX_WARNINGS = 100
+#: Holes listed in one sidecar; more are only counted (in ``lost_bytes``).
+MAX_HOLES = 100
 
 
 @dataclass(frozen=True)
@@ -44,8 +53,72 @@ class FinishedRecording:
     sidecar: dict[str, Any]
 
 
+class StreamFacts(TypedDict):
+    """The stream's facts about one part (``PartClosed.summary``)."""
+
+    end: str
+    end_reason: str
+    clean: bool
+    close_code: int | None
+    close_reason: str | None
+    reported_duration_seconds: float | None
+    ended_at_ms: int
+    #: Of the part's latest connection (a reconnect that appended changes them).
+    start_message: dict[str, Any] | None
+    bot_id: Any
+    speaker_id: Any
+    speaker_name: Any
+    peer: str
+    path: str
+    pings: int
+    latency_ms: dict[str, float] | None
+    warnings: list[dict[str, str]]
+    warnings_dropped: int
+    connections: int
+    reconnects: list[dict[str, Any]]
+    discarded_tail_bytes: int
+    ignored_bytes: int
+    #: Bytes and fragments of the part as received (the file may hold fewer: a disk).
+    received_bytes: int
+    received_fragments: int
+    torn_tail_bytes: int
+    fatal: str | None
+    moofs_without_mdat: int
+    #: No part of this session follows (the session manifest is final).
+    session_over: bool
+    session_connections: int
+
+
+@dataclass
+class FileFacts:
+    """The file sink's facts about one part's file."""
+
+    name: str
+    session: str | None
+    rotating: bool
+    bytes: int = 0
+    fragments: int = 0
+    media_seconds: float = 0.0
+    completeness: Completeness = field(default_factory=Completeness)
+    torn_tail_bytes: int = 0
+    lost_bytes: int = 0
+    lost_fragments: int = 0
+    holes: list[dict[str, Any]] = field(default_factory=list)
+    holes_dropped: int = 0
+    #: The file stops before the stream's end: the disk never took writes again.
+    lost_at_end: bool = False
+    disk_errors: int = 0
+    warnings: list[dict[str, str]] = field(default_factory=list)
+    indexed: bool = False
+    sinks: dict[str, Any] = field(default_factory=dict)
+
+    def warn(self, kind: str, message: str) -> None:
+        self.warnings.append({"source": "recorder", "kind": kind, "message": message})
+
+
 #: ``end_reason`` values of a part that goes on in the next part of the same session.
 CONTINUED = frozenset({"rotated", "new_init"})
+
 
 def end_reason(code: int | None, reason: str | None) -> str:
     """The sidecar's ``end_reason`` for a connection that ended with the stream open."""
@@ -59,102 +132,115 @@ def end_reason(code: int | None, reason: str | None) -> str:
 
 
 def part_verdict(
-    piece: _Piece, reason: str | None, reported: float | None
+    facts: FileFacts, reason: str | None, reported: float | None
 ) -> tuple[str, list[str]]:
-    """The part's verdict and why."""
+    """The part's verdict and why (from what is in the file)."""
     why: list[str] = []
-    media = piece.completeness.media_verdict(piece.torn_tail_bytes)
+    done = facts.completeness
+    media = done.media_verdict(facts.torn_tail_bytes)
     if media == TRUNCATED:
         why.append("the media ends inside a box, or has no init segment" if
-                   piece.completeness.has_init or piece.torn_tail_bytes else "no init segment")
-    if reason is not None and reason not in CONTINUED and reason != "stream_end":
+                   done.has_init or facts.torn_tail_bytes else "no init segment")
+    ended = reason is None or reason in CONTINUED or reason == "stream_end"
+    if not ended:
         why.append(f"the stream did not end: {reason}")
-    done = piece.completeness
     if done.missing:
         why.append(f"{done.missing} fragment(s) missing (mfhd sequence numbers)")
     if done.out_of_order:
         why.append(f"{done.out_of_order} fragment(s) out of order")
     if any(t.gaps for t in done.tracks.values()):
         why.append("timeline gaps")
-    if piece.lost_bytes:
-        why.append(f"{piece.lost_bytes} bytes not written (disk)")
-    if reported is not None and piece.completeness.fragments:
+    if facts.lost_bytes:
+        why.append(f"{facts.lost_bytes} bytes not written (disk)")
+    if facts.lost_at_end:
+        why.append("the file stops before the end of the stream (disk)")
+    if reported is not None and done.fragments:
         tolerance = max(2 * done.max_fragment_seconds, 2.0)
-        if reported - piece.media_seconds > tolerance:
+        if reported - facts.media_seconds > tolerance:
             why.append(
                 f"video_stream_end reports {reported:.3f}s, the media holds "
-                f"{piece.media_seconds:.3f}s"
+                f"{facts.media_seconds:.3f}s"
             )
-    truncated = media == TRUNCATED or (
-        reason is not None and reason not in CONTINUED and reason != "stream_end"
-    )
-    if truncated:
+    if media == TRUNCATED or not ended or facts.lost_at_end:
         return TRUNCATED, why
     return (GAPS if why else COMPLETE), why
 
 
-def build_sidecar(
-    start: StreamStarted | None,
-    info: ConnectionInfo,
-    session: _Session,
-    piece: _Piece,
-    *,
-    ended_ms: int | None,
-    end: str,
-    reason: str | None,
-    clean: bool | None,
-    reported: float | None = None,
-    code: int | None = None,
-    close_reason: str | None = None,
-) -> dict[str, Any]:
-    final = ended_ms is not None
-    verdict, why = part_verdict(piece, reason, reported) if final else (None, [])
-    completeness = piece.completeness.report(piece.torn_tail_bytes)
+def _warnings(
+    stream: list[dict[str, str]], dropped: int, own: list[dict[str, str]]
+) -> tuple[list[dict[str, str]], int]:
+    both = stream + own
+    return both[:MAX_WARNINGS], dropped + max(0, len(both) - MAX_WARNINGS)
+
+
+def build_sidecar(part: Part, stream: StreamFacts | None, file: FileFacts) -> dict[str, Any]:
+    """The sidecar of ``part``: final with the stream's facts, the ``.json.part`` stub (what
+    recovery starts from) without them."""
+    start = part.start
+    final = stream is not None
+    reason = stream["end_reason"] if stream is not None else None
+    reported = stream["reported_duration_seconds"] if stream is not None else None
+    verdict, why = part_verdict(file, reason, reported) if final else (None, [])
+    completeness = file.completeness.report(file.torn_tail_bytes)
     completeness["reported_duration_seconds"] = reported
     completeness["duration_difference_seconds"] = (
-        None if reported is None else round(reported - piece.media_seconds, 6)
+        None if reported is None else round(reported - file.media_seconds, 6)
     )
-    rotating = session.recorder.rotate_every is not None
+    warnings, dropped = _warnings(
+        stream["warnings"] if stream is not None else [],
+        stream["warnings_dropped"] if stream is not None else 0,
+        file.warnings,
+    )
+    ended_ms = stream["ended_at_ms"] if stream is not None else None
     document: dict[str, Any] = {
         "version": SIDECAR_VERSION,
-        "file": f"{piece.stem}.mp4",
-        "bot_id": start.bot_id if start is not None else None,
-        "speaker_id": start.speaker_id if start is not None else None,
-        "speaker_name": start.speaker_name if start is not None else None,
-        "start_message": dict(start.raw) if start is not None else None,
-        "peer": info.peer,
-        "path": info.path,
-        "started_at": iso(piece.started_ms),
-        "started_at_ms": piece.started_ms,
+        "file": file.name,
+        "bot_id": stream["bot_id"] if stream else (start.bot_id if start else None),
+        "speaker_id": stream["speaker_id"] if stream else (start.speaker_id if start else None),
+        "speaker_name": (
+            stream["speaker_name"] if stream else (start.speaker_name if start else None)
+        ),
+        "start_message": (
+            stream["start_message"] if stream else (dict(start.raw) if start else None)
+        ),
+        "peer": stream["peer"] if stream else part.info.peer,
+        "path": stream["path"] if stream else part.info.path,
+        "started_at": iso(part.started_ms),
+        "started_at_ms": part.started_ms,
         "ended_at": iso(ended_ms),
         "ended_at_ms": ended_ms,
-        "end": end,
+        "end": stream["end"] if stream else "recording",
         "end_reason": reason,
-        "clean": clean,
-        "close_code": code,
-        "close_reason": close_reason,
+        "clean": stream["clean"] if stream else None,
+        "close_code": stream["close_code"] if stream else None,
+        "close_reason": stream["close_reason"] if stream else None,
         "verdict": verdict,
         "verdict_reasons": why,
-        "bytes": piece.bytes,
-        "fragments": piece.fragments,
-        "media_duration_seconds": round(piece.media_seconds, 6),
+        "bytes": file.bytes,
+        "received_bytes": stream["received_bytes"] if stream else 0,
+        "fragments": file.fragments,
+        "media_duration_seconds": round(file.media_seconds, 6),
         "reported_duration_seconds": reported,
         "completeness": completeness,
-        "pings": piece.pings,
-        "latency_ms": piece.latency_summary(),
-        "warnings": list(piece.warnings),
-        "warnings_dropped": piece.warnings_dropped,
-        "piece": piece.number if rotating else None,
-        "part": piece.number,
-        "started_by": piece.why,
-        "session": None if session.manifest_path is None else session.manifest_path.name,
-        "connections": piece.connections,
-        "reconnects": list(piece.reconnects),
-        "lost_bytes": piece.lost_bytes,
-        "lost_fragments": piece.lost_fragments,
-        "discarded_tail_bytes": piece.discarded_tail_bytes,
-        "ignored_bytes": piece.ignored_bytes,
-        "indexed": False,
+        "pings": stream["pings"] if stream else 0,
+        "latency_ms": stream["latency_ms"] if stream else None,
+        "warnings": warnings,
+        "warnings_dropped": dropped,
+        "piece": part.number if file.rotating else None,
+        "part": part.number,
+        "started_by": part.why,
+        "session": file.session,
+        "connections": stream["connections"] if stream else 1,
+        "reconnects": list(stream["reconnects"]) if stream else [],
+        "lost_bytes": file.lost_bytes,
+        "lost_fragments": file.lost_fragments,
+        "holes": list(file.holes),
+        "holes_dropped": file.holes_dropped,
+        "disk_errors": file.disk_errors,
+        "discarded_tail_bytes": stream["discarded_tail_bytes"] if stream else 0,
+        "ignored_bytes": stream["ignored_bytes"] if stream else 0,
+        "indexed": file.indexed,
         "recovered": False,
+        "sinks": dict(file.sinks),
     }
     return document

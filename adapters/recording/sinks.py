@@ -66,6 +66,7 @@ __all__ = [
     "InitSeen",
     "Note",
     "Part",
+    "PartAmended",
     "PartClosed",
     "PartFinalized",
     "PartOpened",
@@ -104,6 +105,9 @@ class Part:
     why: str
     start: StreamStarted | None
     info: ConnectionInfo
+    #: When the session's first part started (``None``: this part's ``started_ms``); the
+    #: session's files are named after it.
+    session_started_ms: int | None = None
     #: Unique in this process (for logs and maps).
     id: int = field(default_factory=lambda: next(_ids))
 
@@ -203,6 +207,16 @@ class PartClosed(SinkEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class PartAmended(SinkEvent):
+    """After :class:`PartClosed`: stream facts about the part learned later, for the sinks
+    that keep a record of it (the sidecar): ``fields`` replace those of the summary (today
+    ``ignored_bytes``, what a superseded connection sent after it was superseded). It ends
+    the part's queue again, like a terminal event."""
+
+    fields: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Dropped(SinkEvent):
     """In place of events a ``"drop"`` sink's queue had no room for: ``events`` events and
     ``bytes`` bytes of media of this part are missing before the next event."""
@@ -237,6 +251,8 @@ class PartFinalized(SinkEvent):
 
 #: The event that ends a part's queue, for a sink that accepts it.
 _TERMINAL: tuple[type[SinkEvent], ...] = (PartFinalized, PartClosed)
+#: Published after the terminal event: it ends the queue it reopened.
+_AFTERWARDS: tuple[type[SinkEvent], ...] = (PartAmended,)
 
 
 # --------------------------------------------------------------------------------- sinks
@@ -359,7 +375,10 @@ class SinkRunner:
         self.sink = sink
         self.name = sink.name
         self._accepts = sink.accepts
-        self._terminal = next((t for t in _TERMINAL if issubclass(t, sink.accepts)), None)
+        terminal = next((t for t in _TERMINAL if issubclass(t, sink.accepts)), None)
+        self._terminal: tuple[type[SinkEvent], ...] | None = (
+            None if terminal is None else (terminal, *_AFTERWARDS)
+        )
         self._clock = clock
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -392,7 +411,8 @@ class SinkRunner:
             lane = self._lanes.get(part.id)
             if lane is None:
                 lane = self._lanes[part.id] = _Lane(part)
-                self.stats.parts += 1
+                if part.id not in self._ended:  # not reopened by a PartAmended
+                    self.stats.parts += 1
             if lane.failed or self._closed:
                 self._drop(lane, events)
                 return
@@ -668,7 +688,8 @@ class SinkSet:
     def publish(self, part: Part, events: Sequence[SinkEvent]) -> None:
         """Queue ``events`` of ``part`` for every sink that accepts them. Never blocks."""
         for runner in self.runners:
-            accepted = [event for event in events if runner.accepts(event)]
+            accepts = runner._accepts
+            accepted = [event for event in events if isinstance(event, accepts)]
             if accepted:
                 runner.submit(part, accepted)
 

@@ -37,13 +37,15 @@ from helpers import (
 from meetstream_live import (
     BotClosed,
     Disconnected,
+    Fmp4Scanner,
+    FragmentComplete,
     MediaChunk,
     PongReceived,
     ServerConfig,
 )
 from meetstream_live.adapters import ConnectionInfo, Handler, HandlerFactory, ServerOptions
 from meetstream_live.adapters.asgi import RECOMMENDED_MAX_MESSAGE_SIZE
-from meetstream_live.adapters.recording import durable as durable_module
+from meetstream_live.adapters.recording.durable import Disk
 from meetstream_live.adapters.recording.metrics import Metrics
 from meetstream_live.adapters.recording.recorder import Recorder
 from meetstream_live.adapters.sync import SyncBot
@@ -753,71 +755,79 @@ def test_output_dir_not_writable_at_start(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
-@pytest.fixture
-def disk_fills_up(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Writes to recordings of the bot ``full`` fail with ENOSPC after 20 000 bytes."""
-    state = {"written": 0, "limit": 20_000}
-    real = durable_module.write_all
+class _FillsUp(Disk):
+    """The disk of the recordings of the bot ``full``: ENOSPC (and no free space) once
+    60 000 bytes of its media are written; the other bot's files are fine."""
 
-    def write_all(fd: int, data: Any) -> None:
-        target = os.readlink(f"/proc/self/fd/{fd}")
+    def __init__(self) -> None:
+        self.written = 0
+        self.limit = 60_000
+        self.paths: dict[int, str] = {}
+
+    def open(self, path: Path, flags: int, mode: int = 0o644) -> int:
+        fd = super().open(path, flags, mode)
+        self.paths[fd] = str(path)
+        return fd
+
+    def write(self, fd: int, data: bytes | bytearray | memoryview) -> int:
+        target = self.paths.get(fd, "")
         if f"{os.sep}full{os.sep}" in target and target.endswith(".mp4.part"):
-            if state["written"] + len(data) > state["limit"]:
+            room = self.limit - self.written
+            if room <= 0:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), target)
-            state["written"] += len(data)
-        real(fd, data)
+            data = memoryview(data)[:room]
+            self.written += len(data)
+        return super().write(fd, data)
 
-    monkeypatch.setattr(durable_module, "write_all", write_all)
-    return state
+    def free_bytes(self, path: Path) -> int:
+        return 0 if self.written >= self.limit else super().free_bytes(path)
 
 
-def test_disk_full_mid_stream(
-    adapter: str, shared: Switch, media: bytes, tmp_path: Path, disk_fills_up: dict[str, int]
-) -> None:
-    """[that stream closes with 1011, its file keeps what was written, others go on, the error
-    is logged and counted] Defence: ``deliver`` + ``handler_error`` (1011) in the adapters, the
-    recorder's ``abandon`` (the ``.part`` stays for ``recover``), ``Metrics.errors``."""
+def test_disk_full_mid_stream(adapter: str, shared: Switch, media: bytes, tmp_path: Path) -> None:
+    """[that stream goes on: its connection stays open and its pings are answered, its file
+    keeps its complete fragments and says what was lost, others go on, the error is logged
+    once and counted] Defence: the file sink (issue 13): writes in its own threads, a failed
+    write stops that part's writing (cut back to its last complete fragment), never the
+    connection; ``Metrics.disk_error``. (Before: the connection was closed with 1011 and the
+    ``.part`` files were left for ``recover``.)"""
     out = tmp_path / "out"
     metrics = Metrics()
-    recorder = Recorder(out, metrics=metrics, buffer_size=4096)
+    disk = _FillsUp()
+    recorder = Recorder(out, metrics=metrics, buffer_size=4096, disk=disk)
     chunk = 4096
     with collecting_logs() as logs, served(shared, recorder, 2) as port:
         full = SyncBot.connect(url(port))
         other = SyncBot.connect(url(port))
         full.send_start("full")
         other.send_start("other")
-        closed: BotClosed | None = None
         for i in range(0, len(media), chunk):
             other.send_chunk(media[i : i + chunk])
-            if closed is None:
-                try:
-                    full.send_chunk(media[i : i + chunk])
-                    full.send_ping(i)
-                    while True:
-                        event = full.next_event(10)
-                        if isinstance(event, BotClosed):
-                            closed = event
-                            break
-                        if isinstance(event, PongReceived) and event.seq == i:
-                            break
-                except OSError:
-                    closed = full.next_event(10)  # type: ignore[assignment]
+            full.send_chunk(media[i : i + chunk])
+            full.send_ping(i)
+            event = full.next_event(10)  # every ping answered, no close
+            assert isinstance(event, PongReceived) and event.seq == i, event
         other.send_ping(1)
         assert isinstance(other.next_event(10), PongReceived)
         other.send_end(2.0)
         assert other.close().code == 1000
-        full.abort()
-    assert closed is not None and closed.code == 1011, closed
+        full.send_end(2.0)
+        assert full.close().code == 1000
     # The other stream is whole and final.
     [done] = recordings(out / "other")
     assert done.read_bytes() == media
-    # The full one keeps exactly what was written, left as .part for recover().
-    kept = sorted((out / "full").glob("*.mp4*"))
-    assert len(kept) == 1, kept
-    assert kept[0].read_bytes() == media[: disk_fills_up["written"]]
-    assert disk_fills_up["written"] > 0
-    assert metrics.errors.value("disk") >= 1
-    assert any("ERROR" in line and "No space left" in line for line in logs), logs
+    # The full one is final too: its complete fragments, a sidecar saying what was lost.
+    assert not list(out.rglob("*.part"))
+    [kept] = recordings(out / "full")
+    doc = sidecar(kept)
+    scanner = Fmp4Scanner()
+    ends = [e.offset + e.size for e in scanner.feed(media) if isinstance(e, FragmentComplete)]
+    good = max(end for end in ends if end <= disk.written)  # its last complete fragment
+    assert kept.read_bytes() == media[:good] and doc["bytes"] == good
+    assert doc["lost_bytes"] == len(media) - good and doc["holes"][0]["reason"] == "ENOSPC"
+    assert doc["verdict"] == "truncated" and doc["pings"] == len(range(0, len(media), chunk))
+    assert metrics.errors.value("disk") >= 1 and metrics.disk_errors.value("ENOSPC") >= 1
+    errors = [line for line in logs if "ERROR" in line and "ENOSPC" in line]
+    assert len(errors) == 1, logs  # logged once for the stream, not per chunk
 
 
 def test_handler_that_raises(adapter: str, shared: Switch, media: bytes) -> None:

@@ -1,0 +1,226 @@
+"""The file sink's records: one :class:`PartFile` per part (its file, what is written, what
+was lost), one :class:`SessionFiles` per session (its directory and names, its manifest, the
+order its parts are announced in).
+
+Names: a session's first part is ``<UTC start>[_<n>]`` (``_part001`` appended with rotation),
+its later parts ``<base>_partNNN``; every name is taken with ``O_EXCL`` (:func:`.reserve`).
+The parts of a session may be handled by different threads of the file sink, so the session's
+base name is taken by whichever part comes first, on behalf of part 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from meetstream_live import InitSegment
+
+from .durable import Chunks, Disk, numbered, replace_json, reserve
+from .meter import worst
+from .mp4index import FragmentEntry
+from .names import inside, iso, safe_name, utc_stamp
+from .sidecar import SIDECAR_VERSION, FileFacts, FinishedRecording, StreamFacts
+from .sinks import Part
+from .states import FILE, FileInput, FileState, advance
+
+__all__ = ["Announced", "PartFile", "SessionFiles", "part_directory"]
+
+log = logging.getLogger("meetstream_live.recorder")
+
+#: A finished part and its recording, to publish as ``PartFinalized``.
+Announced = tuple[Part, FinishedRecording]
+
+
+def part_directory(root: Path, part: Part) -> Path:
+    """``<root>/<bot_id>/[<speaker>/]`` of a part (names made safe, checked to stay below)."""
+    bot = safe_name(part.start.bot_id) if part.start is not None else "unknown"
+    directory = root / bot
+    if part.speaker:
+        directory /= safe_name(part.speaker)
+    return inside(root, directory)
+
+
+class PartFile:
+    """The file sink's side of one part. Only its part's lane (one thread at a time) touches
+    it, then the finalize retries."""
+
+    def __init__(self, part: Part, session: SessionFiles) -> None:
+        self.part = part
+        self.session = session
+        self.state = FileState.OPENING
+        self.stem: str | None = None
+        self.fd: int | None = None
+        self.facts = FileFacts(name="", session=None, rotating=session.rotating)
+        self.pending = Chunks()
+        self.pending_start = 0  # part offset of pending[0]
+        self.file_size = 0  # bytes in the file
+        self.skew = 0  # part offset minus file offset, for what is written from now on
+        self.good_end = 0  # file offset after the last complete box in the file
+        self.dirty = False  # bytes after good_end to cut (a failed write, a failed truncate)
+        self.init: InitSegment | None = None  # to write first into a file opened late
+        self.init_at: int | None = None  # part offset of the init segment
+        self.init_end: int | None = None  # part offset after it, until it is in the file
+        self.decide_at: int | None = None  # a boundary to decide at (guard, retry)
+        self.hole: dict[str, Any] | None = None
+        self.resuming: dict[str, Any] | None = None  # the hole, until a write succeeds
+        self.resume_at = 0
+        self.error: OSError | None = None
+        self.reason: str | None = None  # why not writing: ENOSPC, EIO..., disk_low
+        self.logged = False
+        self.counted = False  # among the parts being written (FileSink._writers)
+        self.retry_at = 0.0
+        self.paused = False
+        self.tail = b""
+        self.index: list[FragmentEntry] = []
+        self.stub_size = 0  # the stub's JSON in the .json.part (the rest is reserved room)
+        # Finalizing.
+        self.summary: StreamFacts | None = None
+        self.step = 0
+        self.document: dict[str, Any] | None = None
+        self.recording: FinishedRecording | None = None
+
+    @property
+    def writing(self) -> bool:
+        return self.state is FileState.WRITING
+
+    def advance(self, event: FileInput) -> None:
+        self.state = advance(FILE, self.state, event)
+
+    @property
+    def end(self) -> int:
+        """Part offset after the last byte received."""
+        return self.pending_start + len(self.pending)
+
+    @property
+    def directory(self) -> Path:
+        return self.session.directory
+
+    def path(self, suffix: str) -> Path:
+        assert self.stem is not None
+        return self.session.directory / f"{self.stem}{suffix}"
+
+
+class SessionFiles:
+    """The files of one session: its names, its manifest, its parts' announcement order."""
+
+    def __init__(self, root: Path, part: Part, *, rotating: bool, disk: Disk) -> None:
+        self.id = part.session
+        self.key = part.key
+        self.root = root
+        self.directory = part_directory(root, part)
+        self.rotating = rotating
+        self.disk = disk
+        self.started_ms = part.session_started_ms or part.started_ms
+        self.lock = threading.Lock()
+        self.base: str | None = None
+        self.made = False  # the directory exists
+        self._reserved: tuple[str, int] | None = None  # part 1's name, taken by another part
+        self.entries: dict[int, dict[str, Any]] = {}  # the manifest's parts
+        self.connections = 1
+        self.over = False
+        self.manifest_dirty = False
+        self._next = 1  # the part whose PartFinalized goes out next
+        self._ready: dict[int, Announced | None] = {}
+        self.logged = False  # a manifest error was logged
+        self.gone: set[int] = set()  # parts that ended without a file
+
+    @property
+    def manifest_path(self) -> Path | None:
+        return None if self.base is None else self.directory / f"{self.base}.session.json"
+
+    def reserve(self, part: Part) -> tuple[str, int]:
+        """Take the part's name: its ``.mp4.part`` (open) and ``.json.part``."""
+        disk = self.disk
+        with self.lock:
+            if not self.made:
+                disk.mkdir(self.directory)
+                self.directory = inside(self.root, self.directory)
+                self.made = True
+            if self.base is None:
+                stamp = numbered(utc_stamp(self.started_ms))
+                suffix = "_part001" if self.rotating else ""
+                stem, fd = reserve(self.directory, lambda n: stamp(n) + suffix, disk)
+                self.base = stem.removesuffix("_part001") if self.rotating else stem
+                self.entries[1] = self._entry(1, stem, "start" if part.number != 1 else part.why)
+                if part.number == 1:
+                    return stem, fd
+                if 1 in self.gone:  # part 1 ended without a file: the name only
+                    disk.close(fd)
+                    for name in (f"{stem}.mp4.part", f"{stem}.json.part"):
+                        with contextlib.suppress(OSError):
+                            disk.unlink(self.directory / name)
+                    self.entries.pop(1, None)
+                else:
+                    self._reserved = (stem, fd)
+            if part.number == 1 and self._reserved is not None:
+                taken, self._reserved = self._reserved, None
+                return taken
+            stem, fd = reserve(self.directory, numbered(f"{self.base}_part{part.number:03d}"),
+                               disk)
+            self.entries[part.number] = self._entry(part.number, stem, part.why)
+            return stem, fd
+
+    @staticmethod
+    def _entry(number: int, stem: str, why: str) -> dict[str, Any]:
+        return {"part": number, "file": f"{stem}.mp4", "started_by": why, "state": "recording"}
+
+    def part_done(self, recording: FinishedRecording, number: int) -> None:
+        doc = recording.sidecar
+        with self.lock:
+            entry = self.entries.setdefault(
+                number, self._entry(number, recording.path.stem, doc.get("started_by", ""))
+            )
+            entry.update(
+                state="finished", sidecar=recording.sidecar_path.name,
+                verdict=doc["verdict"], end_reason=doc["end_reason"], bytes=doc["bytes"],
+                fragments=doc["fragments"],
+                media_duration_seconds=doc["media_duration_seconds"],
+                ended_at=doc["ended_at"],
+            )
+
+    def closed(self, facts: StreamFacts) -> None:
+        with self.lock:
+            self.connections = max(self.connections, facts["session_connections"])
+            if facts["session_over"]:
+                self.over = True
+
+    def write_manifest(self) -> None:
+        """``<base>.session.json`` anew; raises ``OSError`` (then it is retried later)."""
+        with self.lock:
+            path = self.manifest_path
+            if path is None:
+                return
+            parts = [self.entries[n] for n in sorted(self.entries)]
+            recording = not self.over or any(p.get("state") == "recording" for p in parts)
+            verdicts = [p["verdict"] for p in parts if isinstance(p.get("verdict"), str)]
+            document = {
+                "version": SIDECAR_VERSION,
+                "bot_id": self.key[0] if self.key else None,
+                "speaker": self.key[1] if self.key else None,
+                "started_at": iso(self.started_ms),
+                "connections": self.connections,
+                "state": "recording" if recording else "finished",
+                "verdict": None if recording else worst(verdicts),
+                "parts": [dict(p) for p in parts],
+            }
+            self.manifest_dirty = True
+            replace_json(path, document, self.disk)
+            self.manifest_dirty = False
+
+    def ready(self, number: int, recording: Announced | None) -> list[Announced]:
+        """Part ``number`` is finalized (``None``: it has no file, or its finalizing waits
+        for the disk): the recordings to announce now, in part order."""
+        out: list[Announced] = []
+        with self.lock:
+            if number < self._next:  # finalized late, after a retry: announced now
+                return [recording] if recording is not None else []
+            self._ready[number] = recording
+            while self._next in self._ready:
+                done = self._ready.pop(self._next)
+                if done is not None:
+                    out.append(done)
+                self._next += 1
+        return out
