@@ -238,10 +238,15 @@ def write_new(path: Path, data: bytes, disk: Disk = REAL_DISK) -> None:
 
 
 def rename_noreplace(source: Path, target: Path, disk: Disk = REAL_DISK) -> None:
-    """Rename without ever replacing ``target`` (``FileExistsError`` if it exists)."""
+    """Rename without ever replacing ``target`` (``FileExistsError`` if it exists). A rename
+    interrupted between its link and its unlink (both names on one file) is finished."""
     try:
         disk.link(source, target)
     except FileExistsError:
+        with contextlib.suppress(OSError):
+            if os.path.samefile(source, target):
+                disk.unlink(source)
+                return
         raise
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP,

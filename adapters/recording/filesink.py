@@ -250,7 +250,7 @@ class FileSink(Sink):
             finally:
                 self.disk.close(fd)
         except OSError as exc:  # recovery then works from the media alone
-            self.count_error(pf, exc, "sidecar")
+            self.count_error(pf, exc, "stub")
             pf.stub_size = 0
 
     def _to(self, pf: PartFile, event: FileInput) -> None:
@@ -526,9 +526,11 @@ class FileSink(Sink):
         where = pf.path(".mp4.part") if pf.stem is not None else pf.directory
         if not pf.logged:
             pf.logged = True
-            log.error("%s: %s failed: %s (%s); the connection goes on, this part stops "
-                      "writing until the disk takes writes again", where, site,
-                      errno_name(exc), exc.strerror or exc)
+            log.error("%s: %s failed: %s (%s); %s", where, site, errno_name(exc),
+                      exc.strerror or exc,
+                      "finalizing is retried" if pf.state is FileState.CLOSED else
+                      "the connection goes on, the part stops writing until the disk takes "
+                      "writes again")
         else:
             log.debug("%s: %s failed again: %s", where, site, errno_name(exc))
 

@@ -202,6 +202,7 @@ class Finalizer:
                 pf.facts.sinks = sink.sinks.part_report(pf.part, exclude=sink)
             assert pf.summary is not None
             pf.document = build_sidecar(pf.part, pf.summary, pf.facts)
+        pf.document["disk_errors"] = pf.facts.disk_errors  # those of the tries so far too
         data = dumps_json(pf.document)
         path = pf.path(".json")
         try:
@@ -306,8 +307,8 @@ class Finalizer:
                 self.sink.metrics.disk_error(exc, "manifest")
             if not session.logged:
                 session.logged = True
-                log.error("%s: cannot write the session manifest: %s (retried)",
-                          session.manifest_path, errno_name(exc))
+                log.error("%s: manifest failed: %s (retried)", session.manifest_path,
+                          errno_name(exc))
             with self._lock:
                 self._dirty[session.id] = session
                 if self._thread is None and not self._stopped:

@@ -42,7 +42,7 @@ def site_of(op: str, path: Path) -> str:
                 "truncate": "truncate", "link": "rename", "rename": "rename",
                 "unlink": "open"}.get(op, "media")
     if name.endswith(".json.part"):
-        return "commit" if op == "unlink" else "stub"
+        return {"unlink": "commit", "open": "open"}.get(op, "stub")
     if name.endswith(".json") or ".json." in name:
         return "retention" if op == "unlink" else "sidecar"
     if name.endswith(".mp4"):
@@ -60,6 +60,8 @@ class FaultyDisk(Disk):
         self.crash_at: int | None = None
         #: Bytes the media files may still take (None: no limit); then ENOSPC, 0 bytes free.
         self.budget: int | None = None
+        #: Faults only on paths that contain this (None: every path).
+        self.only: str | None = None
         self.operations = 0  # mutating operations so far
         self.log: list[tuple[str, str]] = []
         self._lock = threading.Lock()
@@ -92,6 +94,8 @@ class FaultyDisk(Disk):
                     self.crash_at = None
                     raise Crash(f"{op} {site}")
             code = self.faults.get(site)
+            if self.only is not None and self.only not in str(path):
+                code = None
             if code is not None:
                 self.failures[site] = self.failures.get(site, 0) + 1
         if code is not None:
@@ -112,7 +116,8 @@ class FaultyDisk(Disk):
     def write(self, fd: int, data: bytes | bytearray | memoryview) -> int:
         path = self._path(fd)
         self._check("write", path)
-        if self.budget is not None and site_of("write", path) == "media_write":
+        if (self.budget is not None and site_of("write", path) == "media_write"
+                and (self.only is None or self.only in str(path))):
             with self._lock:
                 if self.budget <= 0:
                     self.free = 0
