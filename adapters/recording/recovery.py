@@ -28,7 +28,7 @@ from .meter import TRUNCATED, MediaMeter, fragment_entry, track_ends, worst
 from .metrics import Metrics
 from .mp4index import finish_index
 from .names import iso
-from .sidecar import SIDECAR_VERSION, FinishedRecording
+from .sidecar import SIDECAR_VERSION, FinishedRecording, skeleton
 
 if TYPE_CHECKING:
     from .hooks import Journal
@@ -256,7 +256,8 @@ def _recover_one(
         rename_noreplace(part, target, disk)
     else:
         target = media
-    document = final or load_json(directory / f"{stem}.json.part") or {}
+    document = {**skeleton(target.name),
+                **(final or load_json(directory / f"{stem}.json.part") or {})}
     previous = document.get("warnings")
     completeness = meter.completeness.report(0)
     completeness["reported_duration_seconds"] = None

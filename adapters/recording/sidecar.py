@@ -32,6 +32,7 @@ __all__ = [
     "build_sidecar",
     "end_reason",
     "part_verdict",
+    "skeleton",
 ]
 
 #: Sidecar format version; bumped when a field changes meaning. 3: ``holes``, ``sinks``,
@@ -173,10 +174,20 @@ def _warnings(
     return both[:MAX_WARNINGS], dropped + max(0, len(both) - MAX_WARNINGS)
 
 
-def build_sidecar(part: Part, stream: StreamFacts | None, file: FileFacts) -> dict[str, Any]:
+def skeleton(name: str) -> dict[str, Any]:
+    """Every field of a sidecar, empty: what recovery starts from when the ``.json.part`` of
+    a recording could not be read (its stub was never written)."""
+    document = build_sidecar(None, None, FileFacts(name=name, session=None, rotating=False))
+    document.update(end="recording", part=1, started_by="start", peer="", path="")
+    return document
+
+
+def build_sidecar(
+    part: Part | None, stream: StreamFacts | None, file: FileFacts
+) -> dict[str, Any]:
     """The sidecar of ``part``: final with the stream's facts, the ``.json.part`` stub (what
     recovery starts from) without them."""
-    start = part.start
+    start = part.start if part is not None else None
     final = stream is not None
     reason = stream["end_reason"] if stream is not None else None
     reported = stream["reported_duration_seconds"] if stream is not None else None
@@ -203,10 +214,10 @@ def build_sidecar(part: Part, stream: StreamFacts | None, file: FileFacts) -> di
         "start_message": (
             stream["start_message"] if stream else (dict(start.raw) if start else None)
         ),
-        "peer": stream["peer"] if stream else part.info.peer,
-        "path": stream["path"] if stream else part.info.path,
-        "started_at": iso(part.started_ms),
-        "started_at_ms": part.started_ms,
+        "peer": stream["peer"] if stream else (part.info.peer if part else ""),
+        "path": stream["path"] if stream else (part.info.path if part else ""),
+        "started_at": iso(part.started_ms if part else None),
+        "started_at_ms": part.started_ms if part else None,
         "ended_at": iso(ended_ms),
         "ended_at_ms": ended_ms,
         "end": stream["end"] if stream else "recording",
@@ -226,9 +237,9 @@ def build_sidecar(part: Part, stream: StreamFacts | None, file: FileFacts) -> di
         "latency_ms": stream["latency_ms"] if stream else None,
         "warnings": warnings,
         "warnings_dropped": dropped,
-        "piece": part.number if file.rotating else None,
-        "part": part.number,
-        "started_by": part.why,
+        "piece": part.number if part and file.rotating else None,
+        "part": part.number if part else 1,
+        "started_by": part.why if part else "start",
         "session": file.session,
         "connections": stream["connections"] if stream else 1,
         "reconnects": list(stream["reconnects"]) if stream else [],

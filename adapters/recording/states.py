@@ -36,7 +36,9 @@ __all__ = [
     "StateError",
     "StreamInput",
     "StreamState",
+    "TABLES",
     "advance",
+    "doc_block",
     "markdown",
 ]
 
@@ -121,7 +123,6 @@ SESSION: Mapping[tuple[SessionState, SessionInput], SessionState] = {
     (SessionState.WAITING, SessionInput.RECONNECTED): SessionState.DECIDING,
     (SessionState.WAITING, SessionInput.EXPIRED): SessionState.OVER,
     (SessionState.DECIDING, SessionInput.DECIDED): SessionState.ACTIVE,
-    (SessionState.DECIDING, SessionInput.DUPLICATE): SessionState.ACTIVE,
 }
 
 
@@ -142,12 +143,8 @@ class FileInput(enum.Enum):
 
 FILE: Mapping[tuple[FileState, FileInput], FileState] = {
     (FileState.OPENING, FileInput.OPENED): FileState.WRITING,
-    (FileState.OPENING, FileInput.FAILED): FileState.OPENING,
-    (FileState.OPENING, FileInput.DISK_LOW): FileState.OPENING,
     (FileState.WRITING, FileInput.FAILED): FileState.LOST,
     (FileState.WRITING, FileInput.DISK_LOW): FileState.LOST,
-    (FileState.LOST, FileInput.FAILED): FileState.LOST,
-    (FileState.LOST, FileInput.DISK_LOW): FileState.LOST,
     (FileState.LOST, FileInput.DISK_BACK): FileState.WRITING,
     (FileState.OPENING, FileInput.CLOSED): FileState.CLOSED,
     (FileState.WRITING, FileInput.CLOSED): FileState.CLOSED,
@@ -169,7 +166,21 @@ def advance(table: Mapping[tuple[S, I], S], state: S, event: I) -> S:
 
 def markdown(name: str, table: Mapping[tuple[S, I], S]) -> str:
     """The table as a Markdown table (for ``docs/recording.md``)."""
-    lines = [f"`{name}` | input | next", "---|---|---"]
+    lines = [f"| `{name}` state | input | next |", "|---|---|---|"]
     for (state, event), after in table.items():
-        lines.append(f"{state.value} | {event.value} | {after.value}")
+        lines.append(f"| {state.value} | {event.value} | {after.value} |")
     return "\n".join(lines)
+
+
+#: The tables, as ``docs/recording.md`` shows them.
+TABLES: dict[str, Mapping[tuple[enum.Enum, enum.Enum], enum.Enum]] = {
+    "PART": PART,  # type: ignore[dict-item]
+    "STREAM": STREAM,  # type: ignore[dict-item]
+    "SESSION": SESSION,  # type: ignore[dict-item]
+    "FILE": FILE,  # type: ignore[dict-item]
+}
+
+
+def doc_block() -> str:
+    """What ``docs/recording.md`` holds between its ``states`` markers."""
+    return "\n\n".join(markdown(name, table) for name, table in TABLES.items())
