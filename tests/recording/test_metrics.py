@@ -37,6 +37,7 @@ def test_sinks_and_disk_errors_in_metrics(fmp4_small: Media, tmp_path: Path) -> 
     disk.fail("media_write", errno.EIO)
     handler.on_chunk(MediaChunk(data[100_000:], 100_000))
     handler.on_end(StreamEnded(2.0))
+    assert recorder.flush()
     disk.heal()
     handler.on_disconnect(Disconnected(1000, "", True))
     recorder.close()
