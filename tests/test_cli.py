@@ -27,8 +27,9 @@ from websockets.sync.server import serve as ws_serve
 from meetstream_live import Fmp4Scanner, FragmentComplete
 from meetstream_live.adapters import ServerOptions
 from meetstream_live.adapters.asyncio import AsyncioBot, AsyncioServer
-from meetstream_live.adapters.cli import FinishHooks, main, parse_duration
+from meetstream_live.adapters.cli import main, parse_duration
 from meetstream_live.adapters.cli.sample import sample_bytes, sample_path
+from meetstream_live.adapters.recording.hooks import HookRunner, Journal
 from meetstream_live.adapters.recording.recorder import FinishedRecording, Recorder
 
 # ------------------------------------------------------------------------ helpers
@@ -189,11 +190,14 @@ def test_on_finish_hook_gets_both_paths(tmp_path: Path) -> None:
         "pathlib.Path(sys.argv[1]).write_text('\\n'.join(sys.argv[2:]))\n"
     )
     out = tmp_path / "with space.txt"
-    hooks = FinishHooks(f"'{sys.executable}' '{script}' '{out}'")
+    command = f"'{sys.executable}' '{script}' '{out}'"
+    journal = Journal(tmp_path, ("command",))
+    runner = HookRunner(journal, command=command)
     recording = FinishedRecording(tmp_path / "a b.mp4", tmp_path / "a b.json", {})
-    hooks(recording)
-    hooks.close()
+    journal.add(recording)
+    runner.run_due()
     assert out.read_text().splitlines() == [str(recording.path), str(recording.sidecar_path)]
+    assert journal.entries() == []  # done: out of the journal
 
 
 # ------------------------------------------------------------------------ simulate
