@@ -65,6 +65,9 @@ MAX_DECIDING_BYTES = 32 * 1024 * 1024
 MAY_RECONNECT = frozenset({"closed", "idle_timeout"})
 
 _Held = tuple[bytes, int, list[Fmp4Event]]
+#: The longest top-level box header (``largesize`` and ``uuid``): bytes after a box end that
+#: may be the start of a box that starts a part are held back until its header is complete.
+HEADER_MAX = 32
 
 
 class PartModel:
@@ -176,6 +179,8 @@ class Stream:
         self.collecting_init = True  # before the first moof / after a new ftyp or moov
         self.position = 0  # stream offset of the next byte to arrive
         self.delta = 0  # part offset minus stream offset, for the current part
+        self.box_end: int | None = 0  # where the latest top-level box ends (None: never)
+        self.tail = b""  # held back: the bytes from box_end, a box header not complete yet
         self.held: list[_Held] = []  # a reconnect's bytes until we know where they go
         self.held_bytes = 0
         self._out: list[SinkEvent] = []
@@ -266,9 +271,12 @@ class Stream:
         start = self.position
         self.position = start + len(data)
         events = self.scanner.feed(data)
+        box_end = self.box_end
         if self.state is StreamState.DECIDING:
             self._hold(data, start, events)
-        elif events:
+        elif events or self.tail or (
+            box_end is not None and 0 < self.position - box_end < HEADER_MAX
+        ):
             self._take(data, start, events)
         else:  # inside an mdat: the common case
             model = self.part
@@ -276,10 +284,19 @@ class Stream:
             model.size += len(data)
             self._emit(Chunk(model.part, start + self.delta, data, self.info.backlog))
 
-    def _take(self, data: bytes, start: int, events: list[Fmp4Event], skip: int = 0) -> None:
+    def _take(
+        self, data: bytes, start: int, events: list[Fmp4Event], skip: int = 0,
+        final: bool = False,
+    ) -> None:
         """Publish ``data`` (at stream offset ``start``; bytes before ``skip`` are not) and
         what the scanner found in it: every fragment and init segment after the chunk that
-        holds its end, a part switch where a box starts one."""
+        holds its end, a part switch where a box starts one. The first bytes of a box whose
+        header is not complete yet are held back (they may start the next part), unless
+        ``final``."""
+        if self.tail:  # rare: a box header was cut by the end of the previous chunk
+            data = self.tail + data
+            start -= len(self.tail)
+            self.tail = b""
         cursor = max(start, skip)
         after: list[SinkEvent] = []
         for event in events:
@@ -300,7 +317,14 @@ class Stream:
             elif kind is Malformed:
                 assert isinstance(event, Malformed)
                 self._malformed(event)
-        self._piece(data, start, cursor, start + len(data), after)
+        end = start + len(data)
+        box_end = self.box_end
+        if not final and box_end is not None and 0 < end - box_end < HEADER_MAX:
+            held = max(box_end, cursor)
+            self._piece(data, start, cursor, held, after)
+            self.tail = data[held - start :]
+        else:
+            self._piece(data, start, cursor, end, after)
 
     def _piece(
         self, data: bytes, start: int, cursor: int, end: int, after: list[SinkEvent]
@@ -367,6 +391,7 @@ class Stream:
     def _box(self, event: BoxSeen) -> bool | None:
         """A top-level box begins: does a new part start at it? ``None``: no; else whether
         the new part starts with a new init segment (``False``: a rotation)."""
+        self.box_end = None if event.size is None else event.offset + event.size
         if not self.init_checked:
             self.init_checked = True
             if event.type not in ("ftyp", "moov"):
@@ -411,6 +436,8 @@ class Stream:
         self.held.append((data, start, events))
         self.held_bytes += len(data)
         for event in events:
+            if isinstance(event, BoxSeen):
+                self.box_end = None if event.size is None else event.offset + event.size
             verdict = self._consider(event)
             if verdict is not None:
                 self._decide(append=verdict)
@@ -577,7 +604,9 @@ class Stream:
             self.held.append((b"", self.position, events))
             self._decide(append=False)
         elif not wait:
-            self._take(b"", self.position, events)
+            self._take(b"", self.position, events, final=True)
+        if self.tail:  # what was held back for a box header that never came
+            self._take(b"", self.position, [], final=True)
         if not self.init_checked and self.position > 0:
             self.warn("no_init_segment", "stream ended before a complete first box")
         model = self.part
@@ -604,6 +633,8 @@ class Stream:
         connection sends afterwards is ignored (counted)."""
         if self.state is StreamState.DECIDING:
             self._decide(append=False)
+        if self.tail:
+            self._take(b"", self.position, [], final=True)
         model = self.part
         assert model is not None
         for event in self.scanner.eof():

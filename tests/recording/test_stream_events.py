@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from media import Media, fragment_spans, rebuild
 
 from meetstream_live import (
+    BoxSeen,
     Disconnected,
     Fmp4Scanner,
     FragmentComplete,
@@ -255,3 +258,78 @@ def test_keyframes_come_from_the_video_track(fmp4_small: Media, tmp_path: Path) 
     seen = [e.keyframe for e in sink.events if isinstance(e, FragmentSeen)]
     assert seen == expected and expected[0] is True
     recorder.close()
+
+
+@pytest.mark.parametrize("into", [1, 6, 8, 15, 31])
+def test_a_box_header_cut_by_a_chunk_goes_to_the_part_it_starts(
+    tmp_path: Path, into: int
+) -> None:
+    """A new init segment (or a rotation cut) whose box header is split between two chunks:
+    the first bytes of the header must not stay in the previous part."""
+    from media import make_resolution_change
+
+    _, _, joined = make_resolution_change(tmp_path / "media")
+    scanner = Fmp4Scanner()
+    at = [e.offset for e in scanner.feed(joined)
+          if isinstance(e, BoxSeen) and e.type == "ftyp"][1]  # the second init segment
+    recorder = Recorder(tmp_path / "out")
+    handler = recorder(ConnectionInfo("peer", "/", "", (), False))
+    handler.on_start(start())
+    handler.on_chunk(MediaChunk(joined[: at + into], 0))
+    handler.on_chunk(MediaChunk(joined[at + into :], at + into))
+    handler.on_end(StreamEnded(2.0))
+    handler.on_disconnect(Disconnected(1000, "", True))
+    recorder.close()
+    first, second = sorted((tmp_path / "out").rglob("*.mp4"))
+    assert first.read_bytes() == joined[:at] and second.read_bytes() == joined[at:]
+
+
+@pytest.mark.parametrize("into", [3, 8, 20])
+def test_a_rotation_cut_inside_a_moof_header(fmp4_medium: Media, tmp_path: Path,
+                                             into: int) -> None:
+    _, spans = fragment_spans(fmp4_medium.data)
+    data = fmp4_medium.data
+    recorder = Recorder(tmp_path, rotate_every=1.0)
+    handler = recorder(ConnectionInfo("peer", "/", "", (), False))
+    handler.on_start(start())
+    cuts = sorted({0, *(a + into for a, _ in spans[1:]), len(data)})
+    for lo, hi in itertools.pairwise(cuts):
+        handler.on_chunk(MediaChunk(data[lo:hi], lo))
+    handler.on_end(StreamEnded(6.0))
+    handler.on_disconnect(Disconnected(1000, "", True))
+    recorder.close()
+    parts = sorted(tmp_path.rglob("*.mp4"))
+    init = data[: spans[0][0]]
+    assert len(parts) >= 3
+    body = b"".join(p.read_bytes()[len(init) :] for p in parts[1:])
+    assert parts[0].read_bytes() + body == data
+    for part in parts:
+        assert part.read_bytes().startswith(init)
+        assert part.read_bytes()[len(init) + 4 : len(init) + 8] in (b"moof", b"")
+
+
+def _record_cut(root: Path, data: bytes, cuts: list[int], **options: Any) -> list[bytes]:
+    recorder = Recorder(root, **options)
+    handler = recorder(ConnectionInfo("peer", "/", "", (), False))
+    handler.on_start(start())
+    points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    for lo, hi in itertools.pairwise(points):
+        handler.on_chunk(MediaChunk(data[lo:hi], lo))
+    handler.on_end(StreamEnded(6.0))
+    handler.on_disconnect(Disconnected(1000, "", True))
+    recorder.close()
+    return [p.read_bytes() for p in sorted(root.rglob("*.mp4"))]
+
+
+@given(cuts=st.lists(st.integers(0, 10**7), max_size=40))
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_the_files_do_not_depend_on_where_chunks_are_cut(
+    fmp4_medium: Media, tmp_path_factory: pytest.TempPathFactory, cuts: list[int]
+) -> None:
+    """Split invariance: whatever the chunking, rotation makes the same parts, byte for
+    byte (each after the first starting with the init segment)."""
+    data = fmp4_medium.data
+    whole = _record_cut(tmp_path_factory.mktemp("whole"), data, [], rotate_every=1.0)
+    cut = _record_cut(tmp_path_factory.mktemp("cut"), data, cuts, rotate_every=1.0)
+    assert cut == whole and len(whole) >= 3
