@@ -88,6 +88,7 @@ class FileSink(Sink):
     )
     when_full: ClassVar[Literal["block", "drop"]] = "block"
     threads: ClassVar[int] = 4
+    linger: ClassVar[float] = 0.002
 
     def __init__(
         self,
@@ -141,12 +142,21 @@ class FileSink(Sink):
 
     def handle(self, part: Part, events: Sequence[SinkEvent]) -> None:
         pf = self._parts.get(part.id)
+        after_chunk = False  # the buffer is written once the chunk's fragments are known
         for event in events:
             kind = type(event)
             if kind is Chunk:
                 assert pf is not None and isinstance(event, Chunk)
+                if after_chunk:
+                    self._buffered(pf)
                 self._chunk(pf, event)
-            elif kind is FragmentSeen:
+                after_chunk = True
+                continue
+            if after_chunk and kind is not FragmentSeen and kind is not InitSeen:
+                assert pf is not None
+                self._buffered(pf)
+                after_chunk = False
+            if kind is FragmentSeen:
                 assert pf is not None and isinstance(event, FragmentSeen)
                 self._fragment(pf, event)
             elif kind is InitSeen:
@@ -166,6 +176,9 @@ class FileSink(Sink):
             elif kind is PartAmended:
                 assert isinstance(event, PartAmended)
                 self.finalizer.amend(part, event.fields)
+        if after_chunk:
+            assert pf is not None
+            self._buffered(pf)
 
     def abandon(self, part: Part, exc: Exception) -> None:
         """A bug made :meth:`handle` fail again and again: the part's files stay as they are
@@ -278,16 +291,18 @@ class FileSink(Sink):
             pf.pending_start = event.offset
         if pf.decide_at is not None:
             self._decide(pf, pf.decide_at)
-        if pf.state is FileState.WRITING:
-            pf.pending += event.data
-            if len(pf.pending) >= self.buffer_size:
-                if self._low():
-                    self._stop(pf, "disk_low", None)
-                else:
-                    self._write_upto(pf, pf.end)
-        else:
+        if pf.state is not FileState.WRITING:
             self._lose_upto(pf, pf.end)
-            pf.pending += event.data
+        pf.pending += event.data
+
+    def _buffered(self, pf: PartFile) -> None:
+        """After a chunk and the fragments it completed: write the buffer once it is full,
+        unless the disk guard says low (then stop, inside the fragment)."""
+        if pf.state is FileState.WRITING and len(pf.pending) >= self.buffer_size:
+            if self._low():
+                self._stop(pf, "disk_low", None)
+            else:
+                self._write_upto(pf, pf.end)
 
     def _init(self, pf: PartFile, event: InitSeen) -> None:
         end = event.offset + event.segment.size

@@ -22,6 +22,7 @@ from meetstream_live import (
 )
 from meetstream_live.adapters import ConnectionInfo, Handler
 
+from .durable import JOIN_BELOW
 from .sidecar import MAX_WARNINGS
 
 if TYPE_CHECKING:
@@ -91,8 +92,14 @@ class RecordingHandler(Handler):
             if stream.superseded:
                 stream.ignore(sum(len(event.data) for event in run))
                 return
-            for event in run:
-                stream.feed(event.data)
+            size = sum(len(event.data) for event in run)
+            if size < JOIN_BELOW * len(run):
+                # Small chunks: joined into one (the one copy the file's write would make
+                # anyway), so that the scanner and every sink see one chunk, not dozens.
+                stream.feed(b"".join([event.data for event in run]))
+            else:
+                for event in run:
+                    stream.feed(event.data)
             stream.publish()
 
     def _new_stream(self, start: StreamStarted | None) -> Stream:

@@ -281,6 +281,10 @@ class Sink:
     #: The queue of one part: media bytes and events (whichever is reached first).
     max_queue_bytes: ClassVar[int] = 8 * 1024 * 1024
     max_queue_events: ClassVar[int] = 10_000
+    #: Seconds a thread that emptied a part's queue waits for more before it gives the
+    #: thread back, when no other part waits for one (a stream flat out then costs one
+    #: thread wake-up per this, not one per read). 0: never waits.
+    linger: ClassVar[float] = 0.0
 
     def start(self, sinks: SinkSet) -> None:
         """Called once before any event, with the set the sink belongs to (to publish events
@@ -390,6 +394,7 @@ class SinkRunner:
                 max(1, sink.threads), thread_name_prefix=f"sink-{sink.name}"
             )
         self._closed = False
+        self._waiting = 0  # drains submitted to the executor, not started yet
         self.stats = SinkStats(sink.name, sink.when_full)
         #: Reports of parts whose queue ended, kept until :meth:`report` takes them (bounded).
         self._ended: dict[int, dict[str, Any]] = {}
@@ -417,6 +422,8 @@ class SinkRunner:
                 self._drop(lane, events)
                 return
             stats = self.stats
+            counted: Backlog | None = None  # one add() per connection and call, not per chunk
+            uncounted = 0
             for event in events:
                 size = _media(event)
                 if not block and (
@@ -433,10 +440,17 @@ class SinkRunner:
                 stats.backlog_events += 1
                 if block and size:
                     backlog = event.backlog  # type: ignore[attr-defined]
-                    if backlog is not None:
-                        backlog.add(size)
+                    if backlog is not counted:
+                        if counted is not None:
+                            counted.add(uncounted)
+                        counted, uncounted = backlog, 0
+                    uncounted += size
+            if counted is not None and uncounted:
+                counted.add(uncounted)
             if not lane.running and lane.events:
                 lane.running = start = True
+            elif lane.running and self.sink.linger:
+                self._idle.notify_all()  # a lingering thread takes them
         if start:
             self._start(lane)
 
@@ -470,6 +484,8 @@ class SinkRunner:
 
     def _start(self, lane: _Lane) -> None:
         assert self._executor is not None
+        with self._lock:
+            self._waiting += 1
         try:
             self._executor.submit(self._drain, lane)
         except RuntimeError:  # shut down (close timed out): finish here
@@ -478,8 +494,14 @@ class SinkRunner:
     # ------------------------------------------------------------------ handling
 
     def _drain(self, lane: _Lane) -> None:
+        linger = self.sink.linger
+        with self._lock:
+            self._waiting -= 1
         for _ in range(self.max_rounds):
             with self._lock:
+                if (linger and not lane.events and not lane.failed and not self._closed
+                        and not self._waiting):
+                    self._idle.wait(linger)
                 if not lane.events or lane.failed:
                     lane.running = False
                     if lane.failed:
@@ -562,12 +584,20 @@ class SinkRunner:
 
     @staticmethod
     def _release(queued: list[tuple[SinkEvent, int, float]]) -> None:
-        """The media of handled (or dropped) events leaves their connections' backlogs."""
+        """The media of handled (or dropped) events leaves their connections' backlogs (one
+        ``done()`` per connection and batch)."""
+        counted: Backlog | None = None
+        uncounted = 0
         for event, size, _ in queued:
             if size:
                 backlog = event.backlog  # type: ignore[attr-defined]
-                if backlog is not None:
-                    backlog.done(size)
+                if backlog is not counted:
+                    if counted is not None:
+                        counted.done(uncounted)
+                    counted, uncounted = backlog, 0
+                uncounted += size
+        if counted is not None and uncounted:
+            counted.done(uncounted)
 
     def _end(self, lane: _Lane) -> None:
         """Under the lock: the part's queue is over (its terminal event was handled)."""
