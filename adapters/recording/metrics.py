@@ -52,6 +52,8 @@ LATENCY_BUCKETS = (
 )
 
 Labels = tuple[tuple[str, str], ...]
+#: One value of a watched metric: its labels and the number.
+Sample = tuple[dict[str, str], float]
 
 
 def _escape(value: str) -> str:
@@ -352,6 +354,7 @@ class Metrics:
             lock,
         )
         self._sink_stats: list[Callable[[], list[SinkStats]]] = []
+        self._watched: list[tuple[str, str, str, Callable[[], Iterable[Sample]]]] = []
         self._all: tuple[_Metric, ...] = (
             self.connections_active,
             self.connections,
@@ -392,6 +395,27 @@ class Metrics:
     def watch_sinks(self, stats: Callable[[], list[SinkStats]]) -> None:
         """Render these sinks' numbers too (``meetstream_live_sink_*{sink="..."}``)."""
         self._sink_stats.append(stats)
+
+    def watch(self, name: str, kind: str, help_text: str,
+              values: Callable[[], Iterable[Sample]]) -> None:
+        """A metric whose values are read at each scrape (a feature's gauges and counters:
+        upload lag, outbox size): ``values()`` yields ``(labels, value)`` pairs. ``name`` is
+        the full name without the prefix (a counter's ends in ``_total``)."""
+        self._watched.append((f"{self.prefix}_{name}", kind, help_text, values))
+
+    def _render_watched(self) -> list[str]:
+        lines: list[str] = []
+        for name, kind, help_text, values in self._watched:
+            base = name.removesuffix("_total") if kind == "counter" else name
+            lines += [f"# HELP {base} {help_text}", f"# TYPE {base} {kind}"]
+            try:
+                rows = list(values())
+            except Exception as exc:  # a feature's numbers never break the scrape
+                lines.append(f"# {base}: unavailable ({type(exc).__name__})")
+                continue
+            for labels, value in rows:
+                lines.append(f"{name}{_labels(tuple(labels.items()))} {_number(value)}")
+        return lines
 
     def _render_sinks(self) -> list[str]:
         rows = [row for source in self._sink_stats for row in source()]
@@ -439,6 +463,7 @@ class Metrics:
         with self._lock:
             lines = [line for metric in self._all for line in metric.render()]
         lines += self._render_sinks()  # outside the lock: the sinks take their own
+        lines += self._render_watched()
         return "\n".join(lines) + "\n"
 
     def http_handler(self, request: HTTPRequest) -> HTTPAnswer:
