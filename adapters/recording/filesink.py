@@ -87,8 +87,12 @@ class FileSink(Sink):
         PartAmended,
     )
     when_full: ClassVar[Literal["block", "drop"]] = "block"
-    threads: ClassVar[int] = 4
+    #: One writer for every part: writes to the page cache are quick, and one thread avoids
+    #: the GIL ping-pong of several (measured: 300 streams cost 1.4x the CPU with 4).
+    #: Finalizing (fsync, renames) runs in the finalizer's own threads.
+    threads: ClassVar[int] = 1
     linger: ClassVar[float] = 0.002
+    batch_bytes: ClassVar[int] = DEFAULT_BUFFER_SIZE
 
     def __init__(
         self,
@@ -105,6 +109,7 @@ class FileSink(Sink):
         retry_interval: float = 5.0,
         resume_free_bytes: int | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        finalize_threads: int = 2,
     ) -> None:
         self.root = Path(root).resolve()
         self.rotating = rotating
@@ -129,7 +134,7 @@ class FileSink(Sink):
         self._sinks: SinkSet | None = None
         self._unsettled: set[int] = set()  # parts closed, not finalized yet
         self._settle = threading.Condition(self._lock)
-        self.finalizer = Finalizer(self)
+        self.finalizer = Finalizer(self, finalize_threads)
 
     # ------------------------------------------------------------------ the Sink contract
 
@@ -296,13 +301,10 @@ class FileSink(Sink):
         pf.pending += event.data
 
     def _buffered(self, pf: PartFile) -> None:
-        """After a chunk and the fragments it completed: write the buffer once it is full,
-        unless the disk guard says low (then stop, inside the fragment)."""
+        """After a chunk and the fragments it completed: write the buffer once it is full
+        (unless the disk guard says low: then the part stops, inside the fragment)."""
         if pf.state is FileState.WRITING and len(pf.pending) >= self.buffer_size:
-            if self._low():
-                self._stop(pf, "disk_low", None)
-            else:
-                self._write_upto(pf, pf.end)
+            self._write_upto(pf, pf.end)
 
     def _init(self, pf: PartFile, event: InitSeen) -> None:
         end = event.offset + event.segment.size
@@ -341,6 +343,9 @@ class FileSink(Sink):
         keep = upto - pf.pending_start
         if keep <= 0:
             return True
+        if self.guard is not None and self._low():  # before every write: several streams
+            self._stop(pf, "disk_low", None)  # write at once, each may be in a fragment
+            return False
         parts = pf.pending.head(keep)
         if len(parts) > 1 and keep < JOIN_BELOW * len(parts):
             parts = [b"".join(parts)]

@@ -28,6 +28,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from .durable import (
@@ -58,8 +59,14 @@ _REMEMBERED = 1000
 class Finalizer:
     """The file sink's finalizing, and its retries (a thread, started when first needed)."""
 
-    def __init__(self, sink: FileSink) -> None:
+    def __init__(self, sink: FileSink, threads: int = 2) -> None:
         self.sink = sink
+        # Finalizing (fsync, renames) in threads of its own: a slow fsync never holds up
+        # the writing of the other streams. 0: in the caller's thread (tests).
+        self._pool = (ThreadPoolExecutor(threads, thread_name_prefix="recorder-finalize")
+                      if threads else None)
+        self._queued = 0
+        self._quiet = threading.Condition()
         self.steps: tuple[tuple[str, Callable[[PartFile], None]], ...] = (
             ("cut", self._cut),
             ("index", self._index),
@@ -81,10 +88,32 @@ class Finalizer:
     # ------------------------------------------------------------------ running
 
     def finalize(self, pf: PartFile) -> None:
+        """Finalize ``pf`` (closed, its last bytes written), in the finalizing threads."""
+        if self._pool is None:
+            self._finalize_now(pf)
+            return
+        with self._quiet:
+            self._queued += 1
         try:
-            self._finalize(pf)
+            self._pool.submit(self._finalize_now, pf)
+        except RuntimeError:  # shut down already: here, then
+            self._finalize_now(pf)
+
+    def _finalize_now(self, pf: PartFile) -> None:
+        try:
+            with pf.lock:
+                self._finalize(pf)
         finally:
             self.sink.settled(pf.part)
+            if self._pool is not None:
+                with self._quiet:
+                    self._queued = max(0, self._queued - 1)
+                    self._quiet.notify_all()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until every part handed over is finalized (or waits for the disk)."""
+        with self._quiet:
+            return self._quiet.wait_for(lambda: self._queued == 0, timeout)
 
     def _finalize(self, pf: PartFile) -> None:
         if self._run(pf):
@@ -121,7 +150,9 @@ class Finalizer:
     def retry(self) -> None:
         """One more try for every part waiting for the disk, and for every manifest."""
         for pf in self.pending():
-            if self._run(pf):
+            with pf.lock:
+                done = self._run(pf)
+            if done:
                 with self._lock:
                     self._pending.remove(pf)
                 if self.sink.metrics is not None:
@@ -143,6 +174,8 @@ class Finalizer:
                 log.error("finalize retry failed: %r", exc, exc_info=exc)
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         with self._lock:
             self._stopped = True
             thread = self._thread
@@ -327,14 +360,15 @@ class Finalizer:
                 pf = self._done.get(part.id)
         if pf is None:
             return
-        if pf.summary is not None:
-            pf.summary.update(fields)  # type: ignore[typeddict-item]
-        if pf.document is None:
-            return
-        pf.document.update(fields)
-        written = pf.step > next(i for i, (name, _) in enumerate(self.steps) if name == "sidecar")
-        if written:
-            try:
-                replace_json(pf.path(".json"), pf.document, self.sink.disk)
-            except OSError as exc:
-                self.sink.count_error(pf, exc, "sidecar")
+        with pf.lock:  # its finalizing may be under way in another thread
+            if pf.summary is not None:
+                pf.summary.update(fields)  # type: ignore[typeddict-item]
+            if pf.document is None:
+                return
+            pf.document.update(fields)
+            sidecar = next(i for i, (name, _) in enumerate(self.steps) if name == "sidecar")
+            if pf.step > sidecar:
+                try:
+                    replace_json(pf.path(".json"), pf.document, self.sink.disk)
+                except OSError as exc:
+                    self.sink.count_error(pf, exc, "sidecar")

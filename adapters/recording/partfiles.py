@@ -50,6 +50,7 @@ class PartFile:
     def __init__(self, part: Part, session: SessionFiles) -> None:
         self.part = part
         self.session = session
+        self.lock = threading.Lock()  # its finalizing, against a late PartAmended
         self.state = FileState.OPENING
         self.stem: str | None = None
         self.fd: int | None = None

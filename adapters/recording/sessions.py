@@ -340,7 +340,8 @@ class Recorder:
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every sink has handled what was published so far (files written,
         parts finalized); False on timeout. For tests and tools: the server never waits."""
-        return self.sinks.wait_idle(timeout)
+        return (self.sinks.wait_idle(timeout) and self.files.finalizer.wait_idle(timeout)
+                and self.sinks.wait_idle(timeout))
 
     def close(self, timeout: float = 30.0) -> None:
         """Finalize the parts still waiting for a reconnect, then drain and close every sink

@@ -281,10 +281,16 @@ class Sink:
     #: The queue of one part: media bytes and events (whichever is reached first).
     max_queue_bytes: ClassVar[int] = 8 * 1024 * 1024
     max_queue_events: ClassVar[int] = 10_000
-    #: Seconds a thread that emptied a part's queue waits for more before it gives the
-    #: thread back, when no other part waits for one (a stream flat out then costs one
-    #: thread wake-up per this, not one per read). 0: never waits.
+    #: Seconds a thread that emptied a part's queue waits before it looks again and gives
+    #: the thread back if nothing came, when no other part waits for a thread (a stream flat
+    #: out then costs one thread wake-up per this, not one per read). 0: never waits.
     linger: ClassVar[float] = 0.0
+    #: Media bytes a part's queue gathers before a thread is woken for it, unless an event
+    #: other than a :class:`Chunk` comes (a fragment, a pause, the end) or someone waits
+    #: (:meth:`SinkRunner.wait_idle`). 0: a thread for every call. For a sink whose work per
+    #: chunk is small next to a thread's wake-up (the file sink: one write per fragment or
+    #: per buffer anyway): many streams then cost a wake-up per buffer, not per read.
+    batch_bytes: ClassVar[int] = 0
 
     def start(self, sinks: SinkSet) -> None:
         """Called once before any event, with the set the sink belongs to (to publish events
@@ -447,10 +453,15 @@ class SinkRunner:
                     uncounted += size
             if counted is not None and uncounted:
                 counted.add(uncounted)
-            if not lane.running and lane.events:
+            due = (
+                lane.bytes >= self.sink.batch_bytes
+                or any(type(event) is not Chunk for event in events)
+                or (counted is not None and counted.over)  # the reader waits for it
+            )
+            if not lane.running and lane.events and due:
                 lane.running = start = True
-            elif lane.running and self.sink.linger:
-                self._idle.notify_all()  # a lingering thread takes them
+            elif lane.running and due and self.sink.linger:
+                self._idle.notify_all()  # a lingering thread takes them now
         if start:
             self._start(lane)
 
@@ -486,6 +497,8 @@ class SinkRunner:
         assert self._executor is not None
         with self._lock:
             self._waiting += 1
+            if self.sink.linger:
+                self._idle.notify_all()  # a lingering thread gives its place
         try:
             self._executor.submit(self._drain, lane)
         except RuntimeError:  # shut down (close timed out): finish here
@@ -658,6 +671,13 @@ class SinkRunner:
     def wait_idle(self, timeout: float | None) -> bool:
         """Wait until every queue is empty and no batch runs; False on timeout."""
         deadline = None if timeout is None else self._clock() + timeout
+        with self._lock:  # what gathers for a batch (batch_bytes) goes now
+            gathering = [lane for lane in self._lanes.values()
+                         if lane.events and not lane.running]
+            for lane in gathering:
+                lane.running = True
+        for lane in gathering:
+            self._start(lane)
         with self._idle:
             while any(lane.events or lane.running for lane in self._lanes.values()):
                 remaining = None if deadline is None else deadline - self._clock()

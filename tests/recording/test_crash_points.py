@@ -65,7 +65,7 @@ def tape(fmp4_small: Media, tmp_path_factory: pytest.TempPathFactory) -> list[Si
 
 
 def play(root: Path, events: list[SinkEvent], disk: FaultyDisk, journal: Journal) -> FileSink:
-    sink = FileSink(root, disk=disk, journal=journal, buffer_size=4096)
+    sink = FileSink(root, disk=disk, journal=journal, buffer_size=4096, finalize_threads=0)
     sink.start(SinkSet())
     for event in events:
         sink.handle(event.part, [event])
@@ -145,7 +145,7 @@ def test_without_a_crash_the_replayed_part_is_final(
             published.extend(events)
 
     disk = FaultyDisk()
-    sink = FileSink(tmp_path, disk=disk)
+    sink = FileSink(tmp_path, disk=disk, finalize_threads=0)
     follow = SinkSet([Follow()])
     sink.start(follow)
     for event in tape:
