@@ -385,6 +385,8 @@ class SinkRunner:
         self.sink = sink
         self.name = sink.name
         self._accepts = sink.accepts
+        #: The event types queued for the sink (:attr:`Sink.accepts`).
+        self.accepted_types = sink.accepts
         terminal = next((t for t in _TERMINAL if issubclass(t, sink.accepts)), None)
         self._terminal: tuple[type[SinkEvent], ...] | None = (
             None if terminal is None else (terminal, *_AFTERWARDS)
@@ -738,7 +740,7 @@ class SinkSet:
     def publish(self, part: Part, events: Sequence[SinkEvent]) -> None:
         """Queue ``events`` of ``part`` for every sink that accepts them. Never blocks."""
         for runner in self.runners:
-            accepts = runner._accepts
+            accepts = runner.accepted_types
             accepted = [event for event in events if isinstance(event, accepts)]
             if accepted:
                 runner.submit(part, accepted)
