@@ -12,7 +12,15 @@ All of them take the same :class:`Handler` (what happens to a stream) and
 from __future__ import annotations
 
 from ._bots import HandshakeFailed
-from ._driver import mono_ms, wall_ms
+from ._driver import (
+    ConnectionDriver,
+    Connections,
+    MessageDriver,
+    MessageStep,
+    Step,
+    mono_ms,
+    wall_ms,
+)
 from ._handler import (
     Backlog,
     ConnectionInfo,
@@ -28,13 +36,18 @@ from ._system import tune_allocator
 
 __all__ = [
     "Backlog",
+    "ConnectionDriver",
     "ConnectionInfo",
+    "Connections",
     "HTTPAnswer",
     "HTTPHandler",
     "Handler",
     "HandlerFactory",
     "HandshakeFailed",
+    "MessageDriver",
+    "MessageStep",
     "ServerOptions",
+    "Step",
     "Viewer",
     "ViewerFactory",
     "mono_ms",
