@@ -1,5 +1,5 @@
-"""The ``meetstream-live`` command: ``serve``, ``verify``, ``recover``, ``simulate``, ``check``
-and ``create-bot``.
+"""The ``meetstream-live`` command: ``serve``, ``verify``, ``recover``, ``upload``, ``simulate``,
+``check`` and ``create-bot``.
 
 Run ``meetstream-live COMMAND --help`` (or ``python -m meetstream_live.adapters.cli``) for the
 options of each command.
@@ -98,6 +98,12 @@ def _verify(args: argparse.Namespace) -> int:
 
     status = 0
     for name in args.files:
+        if name.startswith("s3://"):
+            from .upload import verify_url
+
+            code = verify_url(name, args.json)
+            status = code if code == 2 or status == 0 else status
+            continue
         try:
             report = verify_file(name)
         except OSError as exc:
@@ -358,7 +364,9 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         description="Scan each FILE (fragmented or plain MP4) and print its completeness: "
         "fragments, dropped fragments (mfhd sequence gaps), timeline gaps per track (tfdt), "
         "a torn tail, and a verdict: complete, gaps or truncated. Exits 0 when every file is "
-        "complete, 1 otherwise (2 if a file cannot be read).",
+        "complete, 1 otherwise (2 if a file cannot be read). A FILE may be s3://BUCKET/KEY "
+        "(or s3://BUCKET/PREFIX/: every .mp4 under it), read with the AWS configuration "
+        "as for --upload.",
     )
     ver.add_argument("files", nargs="+", metavar="FILE", help="files to check")
     ver.add_argument("--json", action="store_true", help="one JSON report per line")
@@ -415,6 +423,10 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     _duration(chk, "--max-clock-skew", "10m",
               "how far server_received_at_ms may be from local time and before sent_at_ms")
 
+    from .upload import add_upload_command
+
+    add_upload_command(commands, _Help)
+
     bot = commands.add_parser(
         "create-bot", help="ask the MeetStream API for a bot that streams to your receiver",
         formatter_class=_Help,
@@ -453,6 +465,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _verify(args)
         if args.command == "recover":
             return _recover(args)
+        if args.command == "upload":
+            from .upload import upload_command
+
+            return upload_command(args, environ)
         if args.command in ("simulate", "check"):
             args.token = args.token or environ.get("MEETSTREAM_LIVE_TOKEN") or None
             return _simulate(args) if args.command == "simulate" else _check(args)

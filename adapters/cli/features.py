@@ -74,7 +74,9 @@ class Feature:
 
 #: The features of ``serve``, as ``module:attribute`` (imported when ``serve`` starts, so a
 #: feature's dependencies load only where it is used).
-FEATURES: tuple[str, ...] = ()
+FEATURES: tuple[str, ...] = (
+    ".upload:UPLOAD",
+)
 
 
 def load_features() -> list[Feature]:
