@@ -21,9 +21,10 @@ one :meth:`Job.step` at a time, each step one request and its journal record:
    ``--keep-local false`` the local copy is removed.
 
 A job loaded from its journal (a restart, ``meetstream-live upload``) first *resumes*:
-ListParts, and every journaled part checked against the listing (ETag and size; SeaweedFS
-lists a part number once per upload, newest first: the first entry counts) and against the
-local file (its CRC32); the parts from the first that does not match are uploaded again.
+ListParts, and every journaled part checked against the listing (its ETag and size among
+the entries of its number: SeaweedFS lists every upload of a part number, in no fixed order)
+and against the local file (its CRC32); the parts from the first that does not match are
+uploaded again.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from typing import Any, Protocol
 from meetstream_live.adapters.recording.durable import REAL_DISK, Disk
 from meetstream_live.adapters.recording.mp4index import MAX_INIT_READ
 
-from .journal import JournalState, PartRecord, UploadJournal
+from .journal import Abandoned, JournalState, PartRecord, UploadJournal
 from .keys import ObjectName, Target, beside, sidecar_key
 from .s3 import S3Error, Storage, b64_crc, composite_crc32, crc32_b64
 
@@ -60,6 +61,9 @@ MAX_PARTS = 10_000
 #: 48 GiB; doubling every 2,000 parts reaches 300 GiB).
 _DOUBLE_EVERY = 2_000
 _READ = 1024 * 1024
+#: Tries to abort an abandoned upload before the job ends without (the next start, or the
+#: bucket's lifecycle rule, gets it).
+ABORT_TRIES = 3
 _HEAD = struct.Struct(">I4s")
 
 
@@ -146,6 +150,9 @@ class Job:
         self.moov_checked = False
         #: The local file was found missing (a resume): the upload cannot go on.
         self.gone = False
+        self._after_done = False  # sidecar, manifest, removal done
+        self.abort_failures = 0
+        self._unabortable: set[str] = set()
         self._fd: int | None = None
         self._size: int | None = None
         #: The journal's numbers, for the other threads (the journal is the worker's).
@@ -213,15 +220,19 @@ class Job:
         """One request (and its journal record); raises :class:`~.s3.S3Error`,
         :class:`LocalFileGone` or ``OSError``."""
         state = self.state
-        if state.abandoned:
-            self._abort_one(ctx)
-            return Step.MORE
-        if state.gave_up is not None:
-            self._done()
-            return Step.DONE
-        if state.complete is None:
+        if state.gave_up is None and state.complete is None:
             return self._upload_step(ctx)
-        return self._after_step(ctx)
+        if state.complete is not None and not self._after_done:
+            return self._after_step(ctx)
+        # Last: the uploads abandoned on the way (a failover, a restart, a give-up) are
+        # aborted, where the storage answers; the job does not wait for them longer.
+        pending = [item for item in state.abandoned.values()
+                   if item.upload_id not in self._unabortable]
+        if pending:
+            self._abort_one(ctx, pending[0])
+            return Step.MORE
+        self._done()
+        return Step.DONE
 
     def _storage(self, ctx: JobContext) -> Storage:
         state = self.state
@@ -479,8 +490,8 @@ class Job:
         with self.lock:
             final = self.final
         if final is None:  # complete from a journal, the file not looked at yet
-            self._done()
-            return Step.DONE
+            self._after_done = True
+            return Step.MORE
         if not state.sidecar and final.sidecar is not None:
             self._put_file(ctx, final.sidecar, sidecar_key(state.key or ""), "sidecar")
             return Step.MORE
@@ -497,8 +508,8 @@ class Job:
             self._append("removed", at_ms=ctx.wall_ms())
             ctx.count("removed_local", state.target or "")
             log.info("%s: removed locally (the bucket has it in full)", final.path)
-        self._done()
-        return Step.DONE
+        self._after_done = True
+        return Step.MORE
 
     def _done(self) -> None:
         """The job is over: its journal stays beside the recording (``meetstream-live
@@ -546,9 +557,8 @@ class Job:
         at = 0
         for number in sorted(state.parts):
             part = state.parts[number]
-            seen = listed.get(number)
-            if (number != keep + 1 or part.start != at or seen is None
-                    or seen != (part.etag, part.size)
+            if (number != keep + 1 or part.start != at
+                    or (part.etag, part.size) not in listed.get(number, ())
                     or self._crc_of(part.start, part.end) != part.crc32):
                 break
             keep, at = number, part.end
@@ -591,17 +601,29 @@ class Job:
         self._append("abandon", target=state.target, bucket=state.bucket, key=state.key,
                             upload_id=state.upload_id, reason=reason)
 
-    def _abort_one(self, ctx: JobContext) -> None:
-        item = next(iter(self.state.abandoned.values()))
+    def _abort_one(self, ctx: JobContext, item: Abandoned) -> None:
         storage = ctx.storage(item.target)
-        if storage is not None:
-            storage.abort(item.key, item.upload_id)
-            ctx.count("aborted", item.target)
-            log.info("aborted the abandoned upload of %s to %s (%s)", item.key, item.target,
-                     item.reason)
-        else:
+        if storage is None:
             log.warning("cannot abort the upload of %s: %s is no longer a target (the "
                         "bucket's lifecycle rule removes it)", item.key, item.target)
+            self._append("aborted", upload_id=item.upload_id, skipped=True)
+            return
+        try:
+            storage.abort(item.key, item.upload_id)
+        except S3Error:
+            self.abort_failures += 1
+            if self.abort_failures < ABORT_TRIES:
+                raise
+            # Left in the journal (the next start tries again) and to the bucket's
+            # AbortIncompleteMultipartUpload rule.
+            log.warning("cannot abort the abandoned upload of %s to %s now: the next start "
+                        "tries again (and the bucket's lifecycle rule removes it)", item.key,
+                        item.target)
+            self._unabortable.add(item.upload_id)
+            return
+        ctx.count("aborted", item.target)
+        log.info("aborted the abandoned upload of %s to %s (%s)", item.key, item.target,
+                 item.reason)
         self._append("aborted", upload_id=item.upload_id)
 
     # ------------------------------------------------------------------ the file

@@ -263,17 +263,20 @@ class Storage:
                            PartNumber=number, Body=body, ChecksumCRC32=crc)
         return str(answer["ETag"]), answer.get("ChecksumCRC32")
 
-    def list_parts(self, key: str, upload_id: str) -> dict[int, tuple[str, int]]:
-        """``{number: (etag, size)}``. A number listed twice (SeaweedFS lists every upload
-        of a part number, newest first; S3 only the last): the first entry wins."""
-        found: dict[int, tuple[str, int]] = {}
+    def list_parts(self, key: str, upload_id: str) -> dict[int, list[tuple[str, int]]]:
+        """``{number: [(etag, size), ...]}``: S3 lists the last upload of each part number;
+        SeaweedFS lists every upload of it, in no fixed order (measured: either first), and
+        Complete takes the bytes of whichever ETag it is given, so a journaled part counts as
+        there when its ETag and size are among the entries."""
+        found: dict[int, list[tuple[str, int]]] = {}
         marker = 0
         while True:
             answer = self.call("ListParts", "list_parts", Key=key, UploadId=upload_id,
                                PartNumberMarker=marker, MaxParts=1000)
             parts = answer.get("Parts", [])
             for part in parts:
-                found.setdefault(int(part["PartNumber"]), (str(part["ETag"]), int(part["Size"])))
+                found.setdefault(int(part["PartNumber"]), []).append(
+                    (str(part["ETag"]), int(part["Size"])))
             if not answer.get("IsTruncated") or not parts:
                 return found
             following = int(answer.get("NextPartNumberMarker") or parts[-1]["PartNumber"])

@@ -103,7 +103,10 @@ def media_files(root: Path) -> list[Path]:
 def journal_records(root: Path) -> list[dict[str, Any]]:
     import json
 
-    (path,) = root.rglob("*.upload.jsonl")
+    found = list(root.rglob("*.upload.jsonl"))
+    if not found:
+        return []
+    (path,) = found
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
