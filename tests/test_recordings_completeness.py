@@ -555,7 +555,7 @@ def test_hook_fails_then_succeeds(clip: Media, tmp_path: Path, flaky_hook: tuple
     runs = log.read_text().splitlines()
     assert len(runs) == 2
     assert runs[1] == f"run {only(finished).path} {only(finished).sidecar_path}"
-    assert metrics.hooks.value("failed") == 1 and metrics.hooks.value("ok") == 1
+    assert metrics.hooks.value(outcome="failed") == 1 and metrics.hooks.value(outcome="ok") == 1
 
 
 def test_crash_between_finalize_and_hook(
@@ -713,7 +713,7 @@ def test_webhook_retries_until_2xx(clip: Media, tmp_path: Path) -> None:
     assert content_type == "application/json"
     assert body == only(finished).sidecar_path.read_bytes()
     assert json.loads(body)["file"] == only(finished).path.name
-    assert metrics.hooks.value("failed") == 1 and metrics.hooks.value("ok") == 1
+    assert metrics.hooks.value(outcome="failed") == 1 and metrics.hooks.value(outcome="ok") == 1
     assert not journal.entries()
 
 

@@ -1,4 +1,4 @@
-"""Free-space watermarks for the recorder, and optional retention.
+"""Free-space watermarks for the recorder, and retention that keeps running.
 
 :class:`DiskGuard` answers "is the disk too full to write?" with hysteresis: it turns *low*
 when free space falls below ``low_bytes`` and back to normal only above ``high_bytes``, both
@@ -11,25 +11,37 @@ was lost. Free space is measured (``statvfs``) at most every ``interval`` second
 after every ``check_bytes`` written by all streams together; in between, what was written
 since the last measurement is taken off it.
 
-:func:`apply_retention` deletes finished recordings (media + sidecar, oldest first) that are
-older than ``keep_days`` or beyond ``max_total_bytes``; ``.part`` files, the hook journal and
-session manifests of recordings still present are never touched.
+:func:`apply_retention` deletes finished recordings, oldest first, that are older than
+``keep_days``, beyond ``max_total_bytes`` all together, or while the filesystem has less than
+``keep_free_bytes`` free: each with every file derived from it (``<stem>.json``,
+``<stem>.remux.mp4``, ``<stem>.upload.jsonl``, any ``<stem>.*``), then a session's manifest
+(``<base>.session.json``) once none of its parts is left, then the directories left empty
+(an empty directory it did not empty itself only once it is an hour old: one the recorder
+has just made for a new session is not in the way).
+A recording still being written (its ``.json.part``), one whose hooks are pending in the
+journal, and one a ``protect`` callable claims are never touched. :class:`Retention` runs it
+at start and then every ``interval`` seconds in a thread of its own, and at once when the
+:class:`DiskGuard` goes low (:attr:`DiskGuard.on_low`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .durable import REAL_DISK, Disk, errno_name
 from .metrics import Metrics
 
-__all__ = ["DEFAULT_CHECK_BYTES", "DEFAULT_RESERVE_BYTES", "DiskGuard", "apply_retention",
-           "free_bytes"]
+__all__ = ["DEFAULT_CHECK_BYTES", "DEFAULT_RESERVE_BYTES", "DiskGuard", "Retention",
+           "apply_retention", "free_bytes"]
 
 log = logging.getLogger("meetstream_live.diskguard")
 
@@ -77,6 +89,15 @@ class DiskGuard:
         self._checked: float | None = None
         self._written = 0  # since the last measurement
         self.last_free: int | None = None
+        #: Called (from the thread that noticed) when free space falls below the low
+        #: watermark: serve wakes the retention then.
+        self.on_low: Callable[[], None] | None = None
+
+    @property
+    def is_low(self) -> bool:
+        """Whether writing is stopped now (for ``/readyz``), without measuring."""
+        with self._lock:
+            return self._low
 
     def wrote(self, size: int) -> None:
         """``size`` bytes were written under ``root`` (any stream)."""
@@ -123,13 +144,100 @@ class DiskGuard:
         if low != was:
             if low:
                 log.error("free space %d bytes < low watermark %d (+%d for %d stream(s)): "
-                          "recordings paused", free, self.low_bytes, reserve, streams)
+                          "recordings paused", free, self.low_bytes, reserve, streams,
+                          extra={"event": "disk_low", "bytes": free})
+                if self.on_low is not None:
+                    try:
+                        self.on_low()
+                    except Exception as exc:
+                        log.error("disk guard: on_low failed: %r", exc)
             else:
                 log.warning("free space %d bytes >= high watermark %d (+%d): recordings "
-                            "resume", free, self.high_bytes, reserve)
+                            "resume", free, self.high_bytes, reserve,
+                            extra={"event": "disk_resumed", "bytes": free})
             if self.metrics is not None:
                 self.metrics.disk_low.inc(1 if low else -1)
         return low
+
+
+#: A directory left empty is removed only once it is this old (seconds since its last change).
+EMPTY_DIR_AGE = 3600.0
+_PART = re.compile(r"^(?P<base>.+?)(?:_part\d{3,})?$")
+
+
+@dataclass
+class _Recording:
+    media: Path
+    mtime: float
+    size: int  # the media and every derivative
+    files: list[Path]
+
+
+def _recordings(base: Path, skip: set[str]) -> list[_Recording]:
+    """Every finished recording under ``base`` with its derivatives, oldest first."""
+    found: list[_Recording] = []
+    for directory, subdirs, names in os.walk(base):
+        if Path(directory) == base:
+            subdirs[:] = [d for d in subdirs if not d.startswith(".")]  # .hooks, .metrics
+        present = set(names)
+        for name in names:
+            if not name.endswith(".mp4") or name.endswith(".remux.mp4"):
+                continue
+            stem = name[: -len(".mp4")]
+            if f"{stem}.json" not in present or f"{stem}.json.part" in present:
+                continue  # not finished (or being recovered)
+            media = Path(directory) / name
+            if str(media) in skip:
+                continue
+            files = [media] + [Path(directory) / other for other in sorted(present)
+                               if other.startswith(stem + ".") and other != name
+                               and not other.endswith((".session.json", ".part"))]
+            try:
+                mtime = media.stat().st_mtime
+                size = sum(f.stat().st_size for f in files)
+            except OSError:
+                continue
+            found.append(_Recording(media, mtime, size, files))
+    found.sort(key=lambda r: (r.mtime, str(r.media)))
+    return found
+
+
+def _remove(recording: _Recording, disk: Disk) -> None:
+    """The media first: a recording half-deleted by an error is no longer a recording (what
+    is left of it, an orphan sidecar or derivative, goes at the next run)."""
+    disk.unlink(recording.media)
+    for path in recording.files[1:]:
+        with contextlib.suppress(FileNotFoundError):
+            disk.unlink(path)
+
+
+def _orphans(base: Path, disk: Disk) -> None:
+    """Session manifests none of whose parts is left (as ``.mp4`` or ``.mp4.part``)."""
+    for directory, subdirs, names in os.walk(base):
+        if Path(directory) == base:
+            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+        stems = {n[: -len(".mp4")] for n in names if n.endswith(".mp4")}
+        stems |= {n[: -len(".mp4.part")] for n in names if n.endswith(".mp4.part")}
+        bases = {_PART.match(stem).group("base") for stem in stems}  # type: ignore[union-attr]
+        for name in names:
+            if name.endswith(".session.json") and name[: -len(".session.json")] not in bases:
+                with contextlib.suppress(OSError):
+                    disk.unlink(Path(directory) / name)
+
+
+def _prune(base: Path, directories: Iterable[Path], now: float, age: float) -> None:
+    """Remove empty directories below ``base`` (from the deepest, and their parents left
+    empty), unchanged for ``age`` seconds."""
+    for directory in sorted(set(directories), key=lambda d: -len(d.parts)):
+        current = directory
+        while current != base and base in current.parents:
+            try:
+                if (age and now - current.stat().st_mtime < age) or any(current.iterdir()):
+                    break
+                os.rmdir(current)
+            except OSError:
+                break
+            current = current.parent
 
 
 def apply_retention(
@@ -137,44 +245,151 @@ def apply_retention(
     *,
     keep_days: float | None = None,
     max_total_bytes: int | None = None,
+    keep_free_bytes: int | None = None,
     now: float | None = None,
     disk: Disk = REAL_DISK,
     metrics: Metrics | None = None,
+    protected: Iterable[str] = (),
+    protect: Callable[[Path], bool] | None = None,
+    free: Callable[[], int] | None = None,
 ) -> list[Path]:
-    """Delete finished recordings beyond the limits; returns the media files deleted."""
-    base = Path(root)
+    """Delete finished recordings beyond the limits (see the module); returns the media
+    files deleted. ``protected``: media paths never deleted (pending hooks); ``free``: the
+    free bytes now (default: measured)."""
+    base = Path(root).resolve()
     moment = time.time() if now is None else now
-    found: list[tuple[float, int, Path]] = []
-    for media in base.rglob("*.mp4"):
-        sidecar = media.with_suffix(".json")
-        if not sidecar.is_file() or media.with_name(media.stem + ".json.part").exists():
-            continue  # not finished (or being recovered)
+    found = _recordings(base, set(protected))
+    total = sum(r.size for r in found)
+    room: int | None = None
+    if keep_free_bytes is not None:
         try:
-            stat = media.stat()
-            size = stat.st_size + sidecar.stat().st_size
-        except OSError:
-            continue
-        found.append((stat.st_mtime, size, media))
-    found.sort()
-    total = sum(size for _, size, _ in found)
-    deleted: list[Path] = []
-    for mtime, size, media in found:
-        old = keep_days is not None and moment - mtime > keep_days * 86400
-        big = max_total_bytes is not None and total > max_total_bytes
-        if not (old or big):
-            continue
-        try:
-            disk.unlink(media)
-            sidecar = media.with_suffix(".json")
-            if disk.exists(sidecar):
-                disk.unlink(sidecar)
+            room = free() if free is not None else disk.free_bytes(base)
         except OSError as exc:
-            log.error("retention: cannot delete %s: %s", media, errno_name(exc))
+            log.error("retention: cannot measure free space under %s: %s", base,
+                      errno_name(exc))
+    deleted: list[Path] = []
+    for recording in found:
+        if keep_days is not None and moment - recording.mtime > keep_days * 86400:
+            reason = "age"
+        elif max_total_bytes is not None and total > max_total_bytes:
+            reason = "total_size"
+        elif keep_free_bytes is not None and room is not None and room < keep_free_bytes:
+            reason = "free_space"
+        else:
+            continue
+        if protect is not None and protect(recording.media):
+            continue
+        try:
+            _remove(recording, disk)
+        except OSError as exc:
+            log.error("retention: cannot delete %s: %s", recording.media, errno_name(exc),
+                      extra={"event": "retention_failed", "file": str(recording.media)})
             if metrics is not None:
                 metrics.disk_error(exc, "retention")
             continue
-        total -= size
-        deleted.append(media)
-        log.info("retention: deleted %s (%s)", media, "older than keep-days" if old
-                 else "over max-total-size")
+        total -= recording.size
+        if room is not None:
+            room += recording.size
+        deleted.append(recording.media)
+        if metrics is not None:
+            metrics.retention_deleted.inc(label=reason)
+            metrics.retention_deleted_bytes.inc(recording.size)
+        log.info("retention: deleted %s and %d derived file(s) (%s)", recording.media,
+                 len(recording.files) - 1, reason,
+                 extra={"event": "retention_deleted", "file": str(recording.media),
+                        "bytes": recording.size, "reason": reason})
+    if deleted:
+        _orphans(base, disk)
+    # What this run emptied goes now; an empty directory found goes once it is an hour old
+    # (one the recorder has just made for a new session is not in its way).
+    _prune(base, [m.parent for m in deleted], moment, 0.0)
+    _prune(base, _empty_dirs(base), moment, EMPTY_DIR_AGE)
     return deleted
+
+
+def _empty_dirs(base: Path) -> list[Path]:
+    empty: list[Path] = []
+    for directory, subdirs, names in os.walk(base):
+        if Path(directory) == base:
+            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+        elif not subdirs and not names:
+            empty.append(Path(directory))
+    return empty
+
+
+class Retention:
+    """:func:`apply_retention` at start, every ``interval`` seconds and when :meth:`wake`
+    is called (the disk guard went low), in a thread of its own. ``journal``: recordings
+    with pending hooks are kept; ``protect``: more of them (a feature's uploads)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        keep_days: float | None = None,
+        max_total_bytes: int | None = None,
+        keep_free_bytes: int | None = None,
+        interval: float = 300.0,
+        metrics: Metrics | None = None,
+        journal: Any = None,
+        disk: Disk = REAL_DISK,
+    ) -> None:
+        self.root = Path(root)
+        self.keep_days = keep_days
+        self.max_total_bytes = max_total_bytes
+        self.keep_free_bytes = keep_free_bytes
+        self.interval = interval
+        self.metrics = metrics
+        self.journal = journal
+        self.disk = disk
+        #: Callables that return True for a media path to keep now.
+        self.protect: list[Callable[[Path], bool]] = []
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.runs = 0
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.keep_days, self.max_total_bytes,
+                                           self.keep_free_bytes))
+
+    def run_once(self) -> list[Path]:
+        protected: set[str] = set()
+        if self.journal is not None:
+            protected = self.journal.references()
+        try:
+            return apply_retention(
+                self.root, keep_days=self.keep_days, max_total_bytes=self.max_total_bytes,
+                keep_free_bytes=self.keep_free_bytes, disk=self.disk, metrics=self.metrics,
+                protected=protected,
+                protect=(lambda media: any(p(media) for p in self.protect)),
+            )
+        finally:
+            self.runs += 1
+
+    def start(self) -> None:
+        """One run now (before serving), then the thread."""
+        self.run_once()
+        self._thread = threading.Thread(target=self._loop, name="retention", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.run_once()
+            except Exception as exc:  # never the end of the thread
+                log.error("retention failed: %r", exc, exc_info=exc)

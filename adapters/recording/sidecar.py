@@ -11,6 +11,7 @@ Its fields are listed in ``docs/recording.md`` and checked by ``docs/sidecar.sch
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -32,13 +33,16 @@ __all__ = [
     "build_sidecar",
     "end_reason",
     "part_verdict",
+    "peer_address",
+    "peer_object",
     "skeleton",
 ]
 
 #: Sidecar format version; bumped when a field changes meaning. 3: ``holes``, ``sinks``,
 #: ``received_bytes``, ``disk_errors``; disk errors no longer end a part (no ``disk_full``
-#: end reason).
-SIDECAR_VERSION = 3
+#: end reason). 4: ``peer`` is ``{"host": ..., "port": ...}`` (was a string), the real client
+#: behind a trusted proxy with ``serve --proxy-headers``.
+SIDECAR_VERSION = 4
 #: Warnings kept in one sidecar; more are only counted.
 MAX_WARNINGS = 100
 #: Holes listed in one sidecar; more are only counted (in ``lost_bytes``).
@@ -167,6 +171,42 @@ def part_verdict(
     return (GAPS if why else COMPLETE), why
 
 
+def peer_address(peer: object) -> tuple[str | None, int | None]:
+    """``(host, port)`` of a peer as the transports give it (``"('10.0.0.5', 53211)"``, an
+    IPv6 ``"('::1', 5555, 0, 0)"``) or as a proxy or a person writes it (``"10.0.0.5:53211"``,
+    ``"[::1]:5555"``, a bare host); ``(None, None)`` when unknown."""
+    if isinstance(peer, dict):
+        host, port = peer.get("host"), peer.get("port")
+        return (host if isinstance(host, str) else None,
+                port if isinstance(port, int) and not isinstance(port, bool) else None)
+    if not isinstance(peer, str) or not peer or peer in ("?", "unknown"):
+        return None, None
+    text = peer.strip()
+    if text.startswith("("):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text, None
+        if isinstance(value, tuple) and value and isinstance(value[0], str):
+            port = value[1] if len(value) > 1 and isinstance(value[1], int) else None
+            return value[0], port
+        return text, None
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+    host, colon, port = text.rpartition(":")
+    if colon and port.isdigit() and ":" not in host:
+        return host, int(port)
+    return text, None
+
+
+def peer_object(peer: object) -> dict[str, Any]:
+    """The sidecar's ``peer``: ``{"host": "10.0.0.5", "port": 53211}`` (``null`` where
+    unknown)."""
+    host, port = peer_address(peer)
+    return {"host": host, "port": port}
+
+
 def _warnings(
     stream: list[dict[str, str]], dropped: int, own: list[dict[str, str]]
 ) -> tuple[list[dict[str, str]], int]:
@@ -178,7 +218,8 @@ def skeleton(name: str) -> dict[str, Any]:
     """Every field of a sidecar, empty: what recovery starts from when the ``.json.part`` of
     a recording could not be read (its stub was never written)."""
     document = build_sidecar(None, None, FileFacts(name=name, session=None, rotating=False))
-    document.update(end="recording", part=1, started_by="start", peer="", path="")
+    document.update(end="recording", part=1, started_by="start", path="",
+                    peer={"host": None, "port": None})
     return document
 
 
@@ -214,7 +255,7 @@ def build_sidecar(
         "start_message": (
             stream["start_message"] if stream else (dict(start.raw) if start else None)
         ),
-        "peer": stream["peer"] if stream else (part.info.peer if part else ""),
+        "peer": peer_object(stream["peer"] if stream else (part.info.peer if part else None)),
         "path": stream["path"] if stream else (part.info.path if part else ""),
         "started_at": iso(part.started_ms if part else None),
         "started_at_ms": part.started_ms if part else None,

@@ -53,4 +53,4 @@ def test_sinks_and_disk_errors_in_metrics(fmp4_small: Media, tmp_path: Path) -> 
     assert got[("meetstream_live_disk_error_sites_total", (("site", "media_write"),))] == 1
     assert got[("meetstream_live_errors_total", (("kind", "disk"),))] == 1
     assert got[("meetstream_live_finalize_pending", ())] == 0
-    assert got[("meetstream_live_recording_losses_total", (("kind", "disk_bytes"),))] > 0
+    assert got[("meetstream_live_recording_lost_bytes_total", (("reason", "disk"),))] > 0
