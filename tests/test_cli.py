@@ -490,7 +490,7 @@ async def test_serve_crash_recovery_end_to_end(fmp4_medium: Media, tmp_path: Pat
     )
     try:
         status, content_type, body = http_get(again.port, "/healthz")
-        assert (status, body) == (200, b"ok\n")
+        assert (status, json.loads(body)["status"]) == (200, "ok")
         status, content_type, body = http_get(again.port, "/metrics")
         assert status == 200
         assert content_type.startswith("text/plain; version=0.0.4")

@@ -1,12 +1,14 @@
 """``meetstream-live serve``: its options, and the receiver they make: the recorder (with its
-file sink, hooks, disk guard), the features (``features.py``), ``/healthz`` and ``/metrics``,
-on the adapter chosen, in one process or ``--workers N``."""
+file sink, hooks, disk guard, retention), the features (``features.py``), ``/healthz``,
+``/readyz`` (``health.py``) and ``/metrics``, on the adapter chosen, in one process or
+``--workers N`` (``workers.py``)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import signal
 import ssl
 import tempfile
 from collections.abc import Callable, Mapping
@@ -17,14 +19,23 @@ from typing import Any
 from meetstream_live import ServerConfig, unmask_backend
 from meetstream_live.adapters import HandlerFactory, HTTPAnswer, ServerOptions, tune_allocator
 from meetstream_live.adapters._system import JOINED_BYTES_TUNED
-from meetstream_live.adapters.recording.diskguard import DiskGuard, apply_retention
-from meetstream_live.adapters.recording.hooks import HookConfig, HookRunner, HookSink, Journal
+from meetstream_live.adapters.recording.diskguard import DiskGuard, Retention
+from meetstream_live.adapters.recording.hooks import (
+    HookConfig,
+    HookRunner,
+    HookSink,
+    Journal,
+    StartHookSink,
+)
 from meetstream_live.adapters.recording.metrics import HTTP_PATHS, Metrics
+from meetstream_live.adapters.recording.partfiles import PathTemplate
 from meetstream_live.adapters.recording.recorder import Recorder
 from meetstream_live.adapters.recording.recovery import recover
+from meetstream_live.adapters.recording.sinks import Sink
 
 from .features import ServeContext, load_features
-from .logs import setup_logging
+from .health import HEALTH_PATHS, Health, ShutdownDelay, start_lag_probe
+from .logs import log_level, setup_logging
 from .options import (
     Option,
     OptionSet,
@@ -43,7 +54,8 @@ from .options import (
     url_path,
 )
 
-__all__ = ["LOCK_FILE", "SERVE_OPTIONS", "lock_output", "serve", "serve_options"]
+__all__ = ["LOCK_FILE", "SERVE_OPTIONS", "hook_config", "lock_output", "retention", "serve",
+           "serve_options"]
 
 log = logging.getLogger("meetstream_live.cli")
 
@@ -64,6 +76,28 @@ def _file(value: str) -> str:
     if not Path(value).is_file():
         raise ValueError(f"no such file: {value}")
     return value
+
+
+def _template(value: str) -> str:
+    PathTemplate(value)  # raises ValueError with what is wrong
+    return value
+
+
+def _events(value: str) -> tuple[str, ...]:
+    events = tuple(dict.fromkeys(e.strip().lower() for e in value.split(",") if e.strip()))
+    wrong = [e for e in events if e not in ("start", "finish")]
+    if wrong or not events:
+        raise ValueError(f"{value!r}: events are start and finish (example: start,finish)")
+    return events
+
+
+_events.__doc__ = "start, finish, or start,finish"
+
+
+def _trusted(value: str) -> str:
+    from .proxy import trusted_list
+
+    return trusted_list(value)
 
 
 NET, REC, HOOKS, DISK, LOGS = "network", "recording", "hooks", "disk", "logging"
@@ -101,6 +135,17 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("drain_timeout", duration, 30.0,
            "on SIGINT/SIGTERM, how long streams may go on before they are closed (1001)",
            metavar="DURATION", group=NET),
+    Option("shutdown_delay", duration, 0.0,
+           "on SIGTERM, first answer /readyz with 503 (draining) this long while serving as "
+           "usual, so that load balancers stop sending bots; then drain", metavar="DURATION",
+           shown_default="0s", group=NET),
+    Option("proxy_headers", boolean, False,
+           "take the client's address from Forwarded / X-Forwarded-For when the connection "
+           "comes from a trusted proxy (--forwarded-allow-ips): sidecars, hooks and logs "
+           "show the real client", flag=True, group=NET),
+    Option("forwarded_allow_ips", _trusted, "127.0.0.1,::1",
+           "the proxies trusted for --proxy-headers: addresses or networks, comma-separated "
+           "(10.0.0.0/8,::1), or * for any", metavar="IPS", group=NET),
     Option("output", text, "./recordings", "where recordings go; must be writable",
            aliases=("OUTPUT_DIR",), flags=("--output-dir",), metavar="DIR", group=REC),
     Option("rotate_every", duration, None,
@@ -111,16 +156,41 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            "keep a stream's part open this long after its connection drops, for the same "
            "bot_id + speaker to reconnect and continue it; 0 to finalize at once",
            metavar="DURATION", group=REC),
+    Option("path_template", _template, None,
+           "where each recording goes below --output, e.g. "
+           "'{bot_id}/{speaker}/{start:%Y/%m/%d}/{start:%H%M%S}.mp4' (fields: bot_id, speaker, "
+           "speaker_id, speaker_name, start; empty folders are left out; collisions and "
+           "pieces numbered as usual); default: {bot_id}/{speaker}/<UTC start>.mp4",
+           metavar="TEMPLATE", group=REC),
     Option("index", boolean, False,
            "on finalize, write the real duration into the moov and append an mfra index "
            "(the file is then no longer the stream byte for byte)", flag=True, group=REC),
     Option("on_finish", command_line, None,
            "for each finished recording run CMD MP4 JSON (split like a shell would, run "
-           "without one); journaled first under OUTPUT/.hooks/ and retried with backoff",
-           metavar="CMD", group=HOOKS),
+           "without one), the recording's data in MEETSTREAM_* variables; journaled first "
+           "under OUTPUT/.hooks/ and retried with backoff", metavar="CMD", group=HOOKS),
+    Option("on_finish_timeout", duration, 600.0,
+           "how long an --on-finish (or --on-start) command may run; longer is a failure "
+           "(the command is killed)", metavar="DURATION", group=HOOKS),
+    Option("on_start", command_line, None,
+           "when a recording's file begins, run CMD once with the recording's data in "
+           "MEETSTREAM_* variables (not journaled, not retried)", metavar="CMD", group=HOOKS),
     Option("webhook", http_url, None,
            "POST each finished recording's sidecar JSON to URL (journaled and retried like "
-           "--on-finish until a 2xx answer)", metavar="URL", group=HOOKS),
+           "--on-finish until a 2xx answer; redirects other than 307/308 are failures)",
+           metavar="URL", group=HOOKS),
+    Option("webhook_secret", text, None,
+           "sign each webhook: X-MeetStream-Signature is sha256= and the HMAC-SHA256 of "
+           "'<X-MeetStream-Timestamp>.<body>' with this secret", secret=True, group=HOOKS),
+    Option("webhook_events", _events, ("finish",),
+           "what the webhook is told of: finish (the sidecar, journaled), start (once per "
+           "recording, not journaled), or start,finish", metavar="EVENTS",
+           shown_default="finish", group=HOOKS),
+    Option("webhook_timeout", duration, 30.0, "HTTP timeout of each webhook POST",
+           metavar="DURATION", group=HOOKS),
+    Option("hook_attempts", positive_int, 10,
+           "attempts of a failing --on-finish/--webhook (backoff 1 s doubling to 10 min, "
+           "with jitter) before its journal entry goes to OUTPUT/.hooks/dead/", group=HOOKS),
     Option("remux", choice("mp4"), None,
            "after each recording, also write <stem>.remux.mp4: a plain MP4 with the moov "
            "first (faststart), stream copy; needs PyAV (the 'media' extra)", group=HOOKS),
@@ -131,15 +201,25 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("disk_high", disk_size, None,
            "resume writing above this much free space (default: 2 x --disk-low)",
            metavar="SIZE", group=DISK),
-    Option("keep_days", _days, None, "at start, delete finished recordings older than this",
-           metavar="DAYS", group=DISK),
+    Option("keep_days", _days, None,
+           "delete finished recordings (and everything derived from them) older than this; "
+           "at start and every --retention-interval", metavar="DAYS", group=DISK),
     Option("max_total_size", disk_size, None,
-           "at start, delete the oldest finished recordings above this total", metavar="SIZE",
+           "delete the oldest finished recordings above this total", metavar="SIZE",
            group=DISK),
+    Option("keep_free", disk_size, None,
+           "delete the oldest finished recordings while less than this is free (also as "
+           "soon as the disk guard stops writing)", metavar="SIZE", group=DISK),
+    Option("retention_interval", duration, 300.0,
+           "how often retention (--keep-days, --max-total-size, --keep-free) runs",
+           metavar="DURATION", group=DISK),
     Option("log_format", choice("text", "json"), "text",
-           "log lines (stderr) as text or one JSON object each", group=LOGS),
-    Option("log_level", choice("debug", "info", "warning", "error"), "info", "log level",
+           "log lines (stderr) as text or one JSON object each, the data as fields",
            group=LOGS),
+    Option("log_level", log_level, "info", "log level (any case)", group=LOGS),
+    Option("log_config", _file, None,
+           "a logging.config.dictConfig file (JSON, or YAML with PyYAML) instead of "
+           "--log-format; --log-level still applies when given", metavar="FILE", group=LOGS),
 )
 
 
@@ -280,12 +360,40 @@ def lock_output(directory: Path) -> int:
 # ---------------------------------------------------------------------------- serving
 
 
-def _http_handler(context: ServeContext) -> Callable[[Any], HTTPAnswer]:
-    """``/healthz`` and ``/metrics``, then the features' routes (exact paths, then prefixes)."""
+def hook_config(settings: Settings) -> HookConfig:
+    """The hooks the settings ask for."""
+    return HookConfig(
+        command=settings.on_finish, webhook=settings.webhook, remux=settings.remux,
+        on_start=settings.on_start, webhook_secret=settings.webhook_secret,
+        webhook_events=tuple(settings.webhook_events),
+        command_timeout=settings.on_finish_timeout, webhook_timeout=settings.webhook_timeout,
+    )
+
+
+def hook_runner(settings: Settings, journal: Journal, metrics: Metrics) -> HookRunner:
+    return HookRunner(journal, hook_config(settings), metrics=metrics,
+                      max_attempts=settings.hook_attempts)
+
+
+def retention(settings: Settings, output: Path, metrics: Metrics,
+              journal: Journal) -> Retention | None:
+    """The retention the settings ask for (``None``: none); started by the caller."""
+    keeper = Retention(output, keep_days=settings.keep_days,
+                       max_total_bytes=settings.max_total_size,
+                       keep_free_bytes=settings.keep_free, interval=settings.retention_interval,
+                       metrics=metrics, journal=journal)
+    return keeper if keeper.active else None
+
+
+def _http_handler(context: ServeContext, health: Health) -> Callable[[Any], HTTPAnswer]:
+    """``/healthz``, ``/readyz`` and ``/metrics``, then the features' routes (exact paths,
+    then prefixes)."""
     metrics = context.metrics
     routes = dict(context.http_routes)
 
     def handle(request: Any) -> HTTPAnswer:
+        if request.path in HEALTH_PATHS:
+            return health.answer(request)
         if request.path in HTTP_PATHS:
             answer: HTTPAnswer = metrics.http_handler(request)
             return answer
@@ -301,8 +409,16 @@ def _http_handler(context: ServeContext) -> Callable[[Any], HTTPAnswer]:
     return handle
 
 
-def serve(settings: Settings, environ: Mapping[str, str], *, worker: int = 0) -> int:
-    """Run the receiver the settings describe (``worker``: in a ``--workers`` child)."""
+def _check_platform(settings: Settings) -> None:
+    if settings.shutdown_delay and not hasattr(signal, "pthread_kill"):
+        raise UsageError("--shutdown-delay ($MEETSTREAM_LIVE_SHUTDOWN_DELAY) needs POSIX "
+                         "signals (Linux, macOS)")
+
+
+def serve(settings: Settings, environ: Mapping[str, str], *, worker: int = 0,
+          share: Path | None = None) -> int:
+    """Run the receiver the settings describe (``worker``: in a ``--workers`` child, with
+    ``share``: the directory the processes' metrics are summed in)."""
     output = Path(settings.output)
     check_writable(output)
     if not worker:  # the workers share their parent's lock
@@ -311,30 +427,40 @@ def serve(settings: Settings, environ: Mapping[str, str], *, worker: int = 0) ->
     context_tls = tls_context(settings.tls_cert, settings.tls_key)
     if settings.remux is not None:
         require_remux()
+    _check_platform(settings)
     token = settings.token
-    setup_logging(settings.log_format, settings.log_level)
+    setup_logging(settings.log_format, settings.log_level, settings.log_config,
+                  level_given=settings.sources.get("log_level", "default") != "default")
     if settings.workers > 1 and not worker:
         from .workers import serve_workers
 
         return serve_workers(settings, environ, output)
     metrics = Metrics()
+    metrics.watch_disk(output)
+    metrics.set_info(adapter=settings.adapter)
+    if share is not None:
+        metrics.share_with(share, worker)
     guard = disk_guard(settings, output, metrics)
-    hooks = HookConfig(command=settings.on_finish, webhook=settings.webhook, remux=settings.remux)
+    hooks = hook_config(settings)
     names = hooks.names()
     journal = Journal(output, names)
-    # With --workers, the parent process runs the hooks the workers journal.
-    runner = HookRunner(journal, hooks, metrics=metrics) if names and not worker else None
+    # With --workers, the parent process runs the hooks the workers journal, and retention.
+    runner = hook_runner(settings, journal, metrics) if names and not worker else None
     if runner is not None:
         runner.start()  # runs what a previous run journaled and did not finish
+    keeper = retention(settings, output, metrics, journal) if not worker else None
     recorder: Recorder | None = None
     context = ServeContext(settings, output.resolve(), metrics, worker=worker)
+    health = Health(metrics, max_connections=settings.max_connections, guard=guard,
+                    checks=context.readiness, worker=worker)
     try:
         if not worker:  # with --workers, the parent recovered before starting them
             recover(output, metrics=metrics, journal=journal if names else None,
                     index=settings.index)
-            if settings.keep_days is not None or settings.max_total_size is not None:
-                apply_retention(output, keep_days=settings.keep_days,
-                                max_total_bytes=settings.max_total_size, metrics=metrics)
+            if keeper is not None:
+                keeper.start()  # a run now, then every --retention-interval
+                if guard is not None:
+                    guard.on_low = keeper.wake
         for feature in load_features():
             if feature.enabled(settings):
                 feature.configure(context)
@@ -346,7 +472,7 @@ def serve(settings: Settings, environ: Mapping[str, str], *, worker: int = 0) ->
         config = ServerConfig(
             path=settings.path,
             token=token,
-            http_paths=HTTP_PATHS | exact,
+            http_paths=HTTP_PATHS | HEALTH_PATHS | exact,
             http_prefixes=prefixes,
             viewer_paths=tuple(context.viewer_paths),
             handshake_timeout_ms=int(settings.handshake_timeout * 1000),
@@ -360,29 +486,41 @@ def serve(settings: Settings, environ: Mapping[str, str], *, worker: int = 0) ->
             max_connections=settings.max_connections,
             ssl=context_tls,
             drain_timeout=settings.drain_timeout,
-            http_handler=_http_handler(context),
+            http_handler=_http_handler(context, health),
             observer=metrics.observe,
             viewer_factory=context.viewer_factory,
         )
-        sinks = ([HookSink(runner)] if runner is not None else []) + context.sinks
+        sinks: list[Sink] = [HookSink(runner)] if runner is not None else []
+        if hooks.starts():
+            sinks.append(StartHookSink(hooks, metrics))
         recorder = Recorder(
             output, rotate_every=settings.rotate_every, metrics=metrics,
             reconnect_grace=settings.reconnect_grace or 0.0, index=settings.index,
-            disk_guard=guard, journal=journal if names else None, sinks=sinks,
+            disk_guard=guard, journal=journal if names else None,
+            sinks=sinks + context.sinks, path_template=settings.path_template,
         )
-        factory: HandlerFactory = recorder
+        factory: HandlerFactory = metrics.track(recorder)
+        if settings.proxy_headers:
+            from .proxy import TrustedProxies, proxied
+
+            factory = proxied(factory, TrustedProxies(settings.forwarded_allow_ips))
         scheme = "wss" if context_tls is not None else "ws"
         host = settings.host
 
         def ready(bound: int) -> None:
             shown = f"[{host}]" if ":" in host else host
             backend = unmask_backend()
+            metrics.set_info(unmasker=backend)
+            start_lag_probe(metrics)
+            if settings.shutdown_delay:
+                ShutdownDelay(health, settings.shutdown_delay).install()
             log.info(
                 "listening on %s://%s:%d%s (adapter %s, unmasking with %s, recording to %s%s%s)",
                 scheme, shown, bound, settings.path or "/", settings.adapter, backend,
                 output.resolve(),
                 ", token required" if token else "",
                 f", worker {worker}/{settings.workers} pid {os.getpid()}" if worker else "",
+                extra={"event": "listening", "port": bound, "worker": worker},
             )
             if backend != "numpy":
                 log.warning("numpy is not importable here: unmasking runs in pure Python, "
@@ -399,7 +537,11 @@ def serve(settings: Settings, environ: Mapping[str, str], *, worker: int = 0) ->
         for close in reversed(context.closers):
             with contextlib.suppress(Exception):
                 close()
+        if keeper is not None:
+            keeper.close()
         if runner is not None:
             runner.close()
+        if metrics.share is not None:
+            metrics.share.close()
     log.info("stopped")
     return 0

@@ -1,20 +1,23 @@
 """``serve --workers N``: one port, N processes. The parent recovers the output directory,
 holds its lock and the port, forks N workers that each bind the port with SO_REUSEPORT and
-serve, forwards SIGINT/SIGTERM to them, runs the hooks they journal, and waits."""
+serve, forwards SIGINT/SIGTERM to them, runs the hooks they journal and the retention, and
+waits. Every process publishes its metrics to a shared directory, and the worker a scrape
+reaches answers with their sum (``recording/metrics_share.py``)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from meetstream_live.adapters.recording.diskguard import apply_retention
-from meetstream_live.adapters.recording.hooks import HookConfig, HookRunner, Journal
+from meetstream_live.adapters.recording.hooks import Journal
 from meetstream_live.adapters.recording.metrics import Metrics
 from meetstream_live.adapters.recording.recovery import recover
 
@@ -49,21 +52,26 @@ def claim_port(host: str, port: int) -> tuple[int, socket.socket | None]:
 
 
 def serve_workers(settings: Settings, environ: Mapping[str, str], output: Path) -> int:
-    from .serve import adapter_run, serve, tls_context
+    from .serve import adapter_run, hook_config, hook_runner, retention, serve, tls_context
 
     if not hasattr(socket, "SO_REUSEPORT") or not hasattr(os, "fork"):
         raise UsageError("--workers needs SO_REUSEPORT and fork (Linux, macOS)")
     adapter_run(settings.adapter)  # fail here, once, if it is not installed
     tls_context(settings.tls_cert, settings.tls_key)
     metrics = Metrics()
-    hooks = HookConfig(command=settings.on_finish, webhook=settings.webhook, remux=settings.remux)
-    names = hooks.names()
+    metrics.watch_disk(output)
+    metrics.set_info(adapter=settings.adapter)
+    names = hook_config(settings).names()
     journal = Journal(output, names)
     recover(output, metrics=metrics, journal=journal if names else None, index=settings.index)
-    if settings.keep_days is not None or settings.max_total_size is not None:
-        apply_retention(output, keep_days=settings.keep_days,
-                        max_total_bytes=settings.max_total_size, metrics=metrics)
+    keeper = retention(settings, output, metrics, journal)
+    if keeper is not None:
+        keeper.run_once()  # the thread starts after the fork (no thread is forked)
     bound, reserved = claim_port(settings.host, settings.port)
+    # Where every process's metrics meet: tmpfs when there is one (written every second).
+    shm = Path("/dev/shm")
+    share = Path(tempfile.mkdtemp(prefix="meetstream-live-metrics-",
+                                  dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None))
     settings.values["port"] = bound
     children: dict[int, int] = {}
     for number in range(1, settings.workers + 1):
@@ -73,7 +81,7 @@ def serve_workers(settings: Settings, environ: Mapping[str, str], output: Path) 
             try:
                 if reserved is not None:
                     reserved.close()
-                code = serve(settings, environ, worker=number)
+                code = serve(settings, environ, worker=number, share=share)
             except UsageError as exc:
                 log.error("%s", exc)
                 code = 2
@@ -90,7 +98,10 @@ def serve_workers(settings: Settings, environ: Mapping[str, str], output: Path) 
                 os.kill(child, signum)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    runner = HookRunner(journal, hooks, metrics=metrics) if names else None
+    metrics.share_with(share, 0)
+    if keeper is not None:
+        keeper.start(run_now=False)
+    runner = hook_runner(settings, journal, metrics) if names else None
     if runner is not None:
         runner.start()
     code = 0
@@ -114,5 +125,10 @@ def serve_workers(settings: Settings, environ: Mapping[str, str], output: Path) 
             reserved.close()
         if runner is not None:
             runner.close()
+        if keeper is not None:
+            keeper.close()
+        if metrics.share is not None:
+            metrics.share.close()
+        shutil.rmtree(share, ignore_errors=True)
     log.info("stopped (%d workers)", settings.workers)
     return code

@@ -368,9 +368,10 @@ class Retention:
         finally:
             self.runs += 1
 
-    def start(self) -> None:
+    def start(self, *, run_now: bool = True) -> None:
         """One run now (before serving), then the thread."""
-        self.run_once()
+        if run_now:
+            self.run_once()
         self._thread = threading.Thread(target=self._loop, name="retention", daemon=True)
         self._thread.start()
 

@@ -38,7 +38,7 @@ from .durable import JOIN_BELOW, REAL_DISK, Disk, dumps_json, errno_name, reopen
 from .finalize import Finalizer
 from .meter import fragment_entry
 from .metrics import Metrics
-from .partfiles import PartFile, SessionFiles
+from .partfiles import PartFile, PathTemplate, SessionFiles
 from .sidecar import MAX_HOLES, FileFacts, build_sidecar
 from .sinks import (
     Chunk,
@@ -110,9 +110,12 @@ class FileSink(Sink):
         resume_free_bytes: int | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         finalize_threads: int = 2,
+        layout: PathTemplate | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.rotating = rotating
+        #: Where sessions' files go (``None``: ``<bot_id>/[<speaker>/]<UTC start>``).
+        self.layout = layout
         self.buffer_size = buffer_size
         self.index = index
         self.guard = disk_guard
@@ -217,7 +220,8 @@ class FileSink(Sink):
             session = self._sessions.get(part.session)
             if session is None:
                 session = self._sessions[part.session] = SessionFiles(
-                    self.root, part, rotating=self.rotating, disk=self.disk)
+                    self.root, part, rotating=self.rotating, disk=self.disk,
+                    layout=self.layout)
             return session
 
     def forget(self, pf: PartFile) -> None:

@@ -6,14 +6,21 @@ Names: a session's first part is ``<UTC start>[_<n>]`` (``_part001`` appended wi
 its later parts ``<base>_partNNN``; every name is taken with ``O_EXCL`` (:func:`.reserve`).
 The parts of a session may be handled by different threads of the file sink, so the session's
 base name is taken by whichever part comes first, on behalf of part 1.
+
+The directory and the base name come from the default layout (``<bot_id>/[<speaker>/]<UTC
+start>``) or from a :class:`PathTemplate` (``serve --path-template``), rendered once per
+session: the bot's strings made safe (:func:`.names.safe_name`), the result checked to stay
+inside the output directory. Collisions, rotation and later parts are numbered as above.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import string
 import threading
-from pathlib import Path
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from meetstream_live import InitSegment
@@ -26,7 +33,8 @@ from .sidecar import SIDECAR_VERSION, FileFacts, FinishedRecording, StreamFacts
 from .sinks import Part
 from .states import FILE, FileInput, FileState, advance
 
-__all__ = ["Announced", "PartFile", "SessionFiles", "part_directory"]
+__all__ = ["TEMPLATE_FIELDS", "Announced", "PartFile", "PathTemplate", "SessionFiles",
+           "part_directory"]
 
 log = logging.getLogger("meetstream_live.recorder")
 
@@ -41,6 +49,86 @@ def part_directory(root: Path, part: Part) -> Path:
     if part.speaker:
         directory /= safe_name(part.speaker)
     return inside(root, directory)
+
+
+#: The fields of a path template, and what each holds.
+TEMPLATE_FIELDS = {
+    "bot_id": "the bot_id (made safe as a file name; 'unknown' without one)",
+    "speaker": "the speaker's id, else its name (empty without one: its folder is left out)",
+    "speaker_id": "speaker_id (empty without one)",
+    "speaker_name": "speaker_name (empty without one)",
+    "start": "the session's start, UTC: a datetime, formatted with strftime codes "
+             "({start:%Y/%m/%d}); alone, 20250102T100000Z",
+}
+_SAMPLE_START = datetime(2025, 1, 2, 10, 0, 0, tzinfo=timezone.utc)
+_SAMPLE: dict[str, Any] = {"bot_id": "../bot", "speaker": "a/b", "speaker_id": "s",
+                           "speaker_name": "Ann", "start": _SAMPLE_START}
+
+
+class PathTemplate:
+    """Where a session's recordings go, below the output directory: ``{bot_id}/{speaker}/
+    {start:%Y/%m/%d}/{start:%H%M%S}.mp4``. Checked when made (``ValueError`` says what is
+    wrong): known fields only, a relative path ending in ``.mp4``, no ``.`` or ``..``
+    component. Each field's value is one safe path component (a ``bot_id`` of ``../x`` is
+    ``x``); components that come out empty are left out."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        try:
+            pieces = list(string.Formatter().parse(text))
+        except ValueError as exc:
+            raise ValueError(f"{text!r}: {exc}") from None
+        self._pieces: list[tuple[str, str | None, str]] = []
+        for literal, field, spec, conversion in pieces:
+            if field is not None and field not in TEMPLATE_FIELDS:
+                raise ValueError(f"{text!r}: unknown field {{{field}}} (fields: "
+                                 f"{', '.join(TEMPLATE_FIELDS)})")
+            if conversion:
+                raise ValueError(f"{text!r}: no !{conversion} conversions")
+            if field is not None and field != "start" and spec:
+                raise ValueError(f"{text!r}: only {{start}} takes a format ({{{field}:{spec}}})")
+            if "{" in (spec or "") or ".." in literal.split("/"):
+                raise ValueError(f"{text!r}: nested fields or '..' are not allowed")
+            self._pieces.append((literal, field, spec or ""))
+        if text.startswith("/") or PurePosixPath(text).is_absolute():
+            raise ValueError(f"{text!r} must be relative (it goes below --output)")
+        if not text.endswith(".mp4"):
+            raise ValueError(f"{text!r} must end in .mp4")
+        _directory, stem = self.render(_SAMPLE)
+        if not stem:
+            raise ValueError(f"{text!r} gives an empty file name")
+
+    def render(self, values: dict[str, Any]) -> tuple[PurePosixPath, str]:
+        """``(directory below the output, base name without .mp4)`` for these values."""
+        out: list[str] = []
+        for literal, field, spec in self._pieces:
+            out.append(literal)
+            if field is None:
+                continue
+            value = values.get(field)
+            if field == "start":
+                moment = value if isinstance(value, datetime) else _SAMPLE_START
+                out.append(moment.strftime(spec or "%Y%m%dT%H%M%SZ"))
+            elif value:
+                out.append(safe_name(value))
+        parts = [p for p in "".join(out).split("/") if p]
+        for part in parts:
+            if part in (".", ".."):
+                raise ValueError(f"{self.text!r}: a path component is {part!r}")
+        if not parts:
+            return PurePosixPath(), ""
+        return PurePosixPath(*parts[:-1]), parts[-1].removesuffix(".mp4").rstrip(" .")
+
+    def for_part(self, part: Part) -> tuple[PurePosixPath, str]:
+        start = part.start
+        started = part.session_started_ms or part.started_ms
+        return self.render({
+            "bot_id": (start.bot_id if start is not None else None) or "unknown",
+            "speaker": part.speaker,
+            "speaker_id": start.speaker_id if start is not None else None,
+            "speaker_name": start.speaker_name if start is not None else None,
+            "start": datetime.fromtimestamp(started / 1000, tz=timezone.utc),
+        })
 
 
 class PartFile:
@@ -107,11 +195,17 @@ class PartFile:
 class SessionFiles:
     """The files of one session: its names, its manifest, its parts' announcement order."""
 
-    def __init__(self, root: Path, part: Part, *, rotating: bool, disk: Disk) -> None:
+    def __init__(self, root: Path, part: Part, *, rotating: bool, disk: Disk,
+                 layout: PathTemplate | None = None) -> None:
         self.id = part.session
         self.key = part.key
         self.root = root
-        self.directory = part_directory(root, part)
+        self._stem: str | None = None  # the layout's base name (None: the UTC start)
+        if layout is None:
+            self.directory = part_directory(root, part)
+        else:
+            below, self._stem = layout.for_part(part)
+            self.directory = inside(root, root.joinpath(below))
         self.rotating = rotating
         self.disk = disk
         self.started_ms = part.session_started_ms or part.started_ms
@@ -141,7 +235,7 @@ class SessionFiles:
                 self.directory = inside(self.root, self.directory)
                 self.made = True
             if self.base is None:
-                stamp = numbered(utc_stamp(self.started_ms))
+                stamp = numbered(self._stem or utc_stamp(self.started_ms))
                 suffix = "_part001" if self.rotating else ""
                 stem, fd = reserve(self.directory, lambda n: stamp(n) + suffix, disk)
                 self.base = stem.removesuffix("_part001") if self.rotating else stem

@@ -26,6 +26,7 @@ from .durable import REAL_DISK, Disk
 from .filesink import DEFAULT_BUFFER_SIZE, FileSink
 from .hooks import CallbackSink, FinishCallback
 from .metrics import Metrics
+from .partfiles import PathTemplate
 from .sidecar import end_reason
 from .sinks import Part, PartClosed, Sink, SinkSet
 from .states import SESSION, PartInput, SessionInput, SessionState, advance
@@ -228,8 +229,9 @@ class Recorder:
     the stream byte for byte). ``disk_guard``: a :class:`~.diskguard.DiskGuard`. ``journal``:
     the hook journal, written before each part is committed. ``sinks``: more consumers of
     every stream (see :mod:`.sinks`), after the file sink. ``disk``: the file operations
-    (tests inject faults). The recorder does no I/O itself: its :class:`~.filesink.FileSink`
-    does, in threads of its own.
+    (tests inject faults). ``path_template``: where recordings go below ``output_dir``
+    (:class:`~.partfiles.PathTemplate`; ``ValueError`` if it is wrong). The recorder does
+    no I/O itself: its :class:`~.filesink.FileSink` does, in threads of its own.
     """
 
     def __init__(
@@ -248,6 +250,7 @@ class Recorder:
         sinks: Iterable[Sink] = (),
         disk: Disk = REAL_DISK,
         retry_interval: float = 5.0,
+        path_template: str | None = None,
     ) -> None:
         if rotate_every is not None and rotate_every <= 0:
             raise ValueError("rotate_every must be positive")
@@ -264,6 +267,7 @@ class Recorder:
             self.root, rotating=rotate_every is not None, buffer_size=buffer_size,
             index=index, disk_guard=disk_guard, journal=journal, metrics=metrics,
             clock=clock, disk=disk, retry_interval=retry_interval,
+            layout=PathTemplate(path_template) if path_template is not None else None,
         )
         extra = list(sinks)
         if on_finish is not None:
