@@ -535,8 +535,8 @@ def test_serve_records_a_playable_copy_on_every_adapter(
     assert decoded.video_frames == fmp4_small.video_frames
     assert decoded.duration_s == pytest.approx(fmp4_small.duration_s, abs=0.05)
     text = server.text()
-    assert "recording start bot='sim-bot'" in text
-    assert re.search(r"recording end bot='sim-bot' .* end=stream_end bytes=\d+", text)
+    assert "recording start: bot sim-bot, speaker -, from 127.0.0.1:" in text
+    assert re.search(r"recording end: bot sim-bot, \S+\.mp4, stream_end, \d+ bytes", text)
 
 
 def test_module_runs_with_python_dash_m() -> None:

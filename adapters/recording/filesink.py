@@ -210,7 +210,9 @@ class FileSink(Sink):
         for pf in left:
             if pf.fd is not None:
                 log.warning("%s left unfinished (the recorder closed first): recover() "
-                            "finishes it", pf.path(".mp4.part"))
+                            "finishes it", pf.path(".mp4.part"),
+                            extra={"event": "left_unfinished",
+                                   "file": str(pf.path(".mp4.part"))})
                 self.close_fd(pf)
 
     # ------------------------------------------------------------------ parts
@@ -256,7 +258,10 @@ class FileSink(Sink):
         self._write_stub(pf)
         self.finalizer.write_manifest(session)
         log.info("recording to %s (part %d, %s)", pf.path(".mp4.part"), pf.part.number,
-                 pf.part.why)
+                 pf.part.why,
+                 extra={"event": "file_opened", "file": str(pf.path(".mp4.part")),
+                        "bot_id": pf.part.bot_id, "speaker": pf.part.speaker,
+                        "part": pf.part.number})
         return True
 
     def _write_stub(self, pf: PartFile) -> None:
@@ -554,7 +559,9 @@ class FileSink(Sink):
                       exc.strerror or exc,
                       "finalizing is retried" if pf.state is FileState.CLOSED else
                       "the connection goes on, the part stops writing until the disk takes "
-                      "writes again")
+                      "writes again",
+                      extra={"event": "disk_error", "file": str(where), "site": site,
+                             "errno": errno_name(exc), "bot_id": pf.part.bot_id})
         else:
             log.debug("%s: %s failed again: %s", where, site, errno_name(exc))
 
@@ -652,8 +659,10 @@ class FileSink(Sink):
 
     def _gone(self, pf: PartFile) -> None:
         """The part ended without ever getting a file (the disk refused it throughout)."""
-        log.error("bot %r part %d: nothing recorded, the disk refused every write (%s)",
-                  pf.part.bot_id, pf.part.number, pf.reason)
+        log.error("bot %s part %d: nothing recorded, the disk refused every write (%s)",
+                  pf.part.bot_id, pf.part.number, pf.reason,
+                  extra={"event": "nothing_recorded", "bot_id": pf.part.bot_id,
+                         "speaker": pf.part.speaker, "part": pf.part.number})
         with pf.session.lock:
             pf.session.gone.add(pf.part.number)
         if self.metrics is not None:

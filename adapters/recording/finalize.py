@@ -127,7 +127,9 @@ class Finalizer:
         if self.sink.metrics is not None:
             self.sink.metrics.finalize_pending.inc()
         log.warning("%s: finalizing waits for the disk (step %s); retried every %.0fs",
-                    pf.path(".mp4.part"), self.steps[pf.step][0], self.sink.retry_interval)
+                    pf.path(".mp4.part"), self.steps[pf.step][0], self.sink.retry_interval,
+                    extra={"event": "finalize_waits", "file": str(pf.path(".mp4.part")),
+                           "site": self.steps[pf.step][0]})
         self.announce(pf.session, pf.part.number, None)  # the later parts do not wait
 
     def _run(self, pf: PartFile) -> bool:
@@ -311,14 +313,21 @@ class Finalizer:
                 metrics.recording_lost.inc(pf.facts.lost_fragments, label="disk_fragments")
         latency = doc["latency_ms"]
         log.info(
-            "recording end bot=%r file=%s end=%s bytes=%d fragments=%d duration=%.2fs "
-            "reported=%s pings=%d latency_ms=%s lost=%d verdict=%s",
+            "recording end: bot %s, %s, %s, %d bytes, %d fragments, %.2fs (reported %s), "
+            "%d pings (latency ms %s), %d bytes lost: %s",
             doc["bot_id"], recording.path, doc["end_reason"], doc["bytes"], doc["fragments"],
             doc["media_duration_seconds"],
             "-" if doc["reported_duration_seconds"] is None
             else f"{doc['reported_duration_seconds']:.2f}s", doc["pings"],
             "-" if latency is None else "{min:.0f}/{median:.0f}/{max:.0f}".format(**latency),
             doc["lost_bytes"], doc["verdict"],
+            extra={"event": "recording_finished", "bot_id": doc["bot_id"],
+                   "speaker": doc.get("speaker_id") or doc.get("speaker_name"),
+                   "file": str(recording.path), "bytes": doc["bytes"],
+                   "close_code": doc["close_code"], "reason": doc["end_reason"],
+                   "part": doc["part"], "verdict": doc["verdict"],
+                   "duration_seconds": doc["media_duration_seconds"],
+                   "fragments": doc["fragments"], "lost_bytes": doc["lost_bytes"]},
         )
         with self._lock:
             self._done[pf.part.id] = pf

@@ -113,7 +113,8 @@ def recover(
         except OSError as exc:
             if metrics is not None:
                 metrics.disk_error(exc, "recover")
-            log.error("could not recover %s/%s: %r", directory, stem, exc)
+            log.error("could not recover %s/%s: %s", directory, stem, exc,
+                      extra={"event": "recover_failed", "file": f"{directory}/{stem}.mp4"})
         else:
             done.append(recording)
             if metrics is not None:
@@ -217,7 +218,8 @@ def _recover_one(
         with contextlib.suppress(FileNotFoundError):
             disk.unlink(directory / f"{stem}.json.part")
         fsync_dir(directory, disk)
-        log.warning("finished %s (its sidecar was written before the stop)", recording.path)
+        log.warning("finished %s (its sidecar was written before the stop)", recording.path,
+                    extra={"event": "recovered", "file": str(recording.path)})
         return recording
     size = media.stat().st_size
     modified_ms = media.stat().st_mtime_ns // 1_000_000
@@ -294,5 +296,7 @@ def _recover_one(
     log.warning(
         "recovered %s: %d bytes, %d fragments, cut %d bytes", target, document["bytes"],
         fragments, cut,
+        extra={"event": "recovered", "file": str(target), "bytes": document["bytes"],
+               "bot_id": document.get("bot_id")},
     )
     return recording

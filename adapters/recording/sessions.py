@@ -27,7 +27,7 @@ from .filesink import DEFAULT_BUFFER_SIZE, FileSink
 from .hooks import CallbackSink, FinishCallback
 from .metrics import Metrics
 from .partfiles import PathTemplate
-from .sidecar import end_reason
+from .sidecar import end_reason, peer_text
 from .sinks import Part, PartClosed, Sink, SinkSet
 from .states import SESSION, PartInput, SessionInput, SessionState, advance
 from .stream import PartModel, Stream
@@ -163,8 +163,10 @@ class Session:
         self.dormant_close = (code, reason)
         grace = self.recorder.reconnect_grace
         self._timer = self.recorder.timers.call_later(grace, lambda: self.expire(model))
-        log.info("bot %r part %d paused: waiting %.0fs for a reconnect", model.part.bot_id,
-                 model.part.number, grace)
+        log.info("bot %s part %d paused: waiting %.0fs for a reconnect", model.part.bot_id,
+                 model.part.number, grace,
+                 extra={"event": "recording_paused", "bot_id": model.part.bot_id,
+                        "speaker": model.part.speaker, "part": model.part.number})
 
     def resume(self, model: PartModel) -> int:
         """A reconnect continues the dormant part: returns the ms it waited."""
@@ -320,7 +322,11 @@ class Recorder:
     def _supersede(self, session: Session, old: Stream) -> None:
         """A newer connection for the same key: close the old one's part, ignore the rest
         of what it sends, and close it with 1000 (a normal close: the bot does not retry)."""
-        log.warning("superseding the stream of %s (key %r)", old.info.peer, session.key)
+        log.warning("superseding the stream of %s (bot %s, speaker %s): a newer connection "
+                    "took it", peer_text(old.info.peer), *(session.key or (None, None)),
+                    extra={"event": "superseded", "peer": peer_text(old.info.peer),
+                           "bot_id": session.key[0] if session.key else None,
+                           "speaker": session.key[1] if session.key else None})
         if self.metrics is not None:
             self.metrics.recording_lost.inc(label="superseded")
         old.supersede()
@@ -328,7 +334,8 @@ class Recorder:
         try:  # asks the adapter: never blocks, whatever thread we are in
             old.info.close(1000, "superseded by a newer connection")
         except Exception as exc:
-            log.error("could not close the superseded connection of %s: %r", old.info.peer, exc)
+            log.error("could not close the superseded connection of %s: %s",
+                      peer_text(old.info.peer), exc, extra={"peer": peer_text(old.info.peer)})
 
     def forget(self, session: Session) -> None:
         with self._lock:

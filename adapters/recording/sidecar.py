@@ -35,6 +35,7 @@ __all__ = [
     "part_verdict",
     "peer_address",
     "peer_object",
+    "peer_text",
     "skeleton",
 ]
 
@@ -198,6 +199,15 @@ def peer_address(peer: object) -> tuple[str | None, int | None]:
     if colon and port.isdigit() and ":" not in host:
         return host, int(port)
     return text, None
+
+
+def peer_text(peer: object) -> str:
+    """A peer for logs: ``10.0.0.5:53211``, ``[::1]:5555``, ``?`` when unknown."""
+    host, port = peer_address(peer)
+    if host is None:
+        return "?"
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port is None else f"{shown}:{port}"
 
 
 def peer_object(peer: object) -> dict[str, Any]:

@@ -560,8 +560,11 @@ class SinkRunner:
                 first = lane.errors == 1
                 count = lane.errors
             if first or count % LOG_EVERY == 0:
-                log.error("sink %s failed on %s part %d (%d failure(s)): %r", self.name,
-                          part.bot_id, part.number, count, exc, exc_info=first)
+                log.error("sink %s failed on bot %s part %d (%d failure(s)): %s", self.name,
+                          part.bot_id, part.number, count, exc, exc_info=first,
+                          extra={"event": "sink_failed", "sink": self.name,
+                                 "bot_id": part.bot_id, "speaker": part.speaker,
+                                 "part": part.number})
             go_on = False
             try:
                 go_on = self.sink.recover(part, exc)
@@ -578,8 +581,11 @@ class SinkRunner:
                 return
             lane.failed = True
             self.stats.failed_parts += 1
-        log.error("sink %s gave up %s part %d: its later events are dropped and counted",
-                  self.name, lane.part.bot_id, lane.part.number)
+        log.error("sink %s gave up bot %s part %d: its later events are dropped and counted",
+                  self.name, lane.part.bot_id, lane.part.number,
+                  extra={"event": "sink_gave_up", "sink": self.name,
+                         "bot_id": lane.part.bot_id, "speaker": lane.part.speaker,
+                         "part": lane.part.number})
         try:
             self.sink.abandon(lane.part, exc)
         except Exception as again:

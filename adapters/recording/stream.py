@@ -35,7 +35,7 @@ from meetstream_live.adapters import ConnectionInfo
 
 from .meter import Completeness, fragment_seconds
 from .names import iso, safe_name
-from .sidecar import MAX_WARNINGS, StreamFacts, end_reason
+from .sidecar import MAX_WARNINGS, StreamFacts, end_reason, peer_text
 from .sinks import (
     Chunk,
     FragmentSeen,
@@ -215,10 +215,13 @@ class Stream:
         model = self.session.new_part(self.start, self.info, why)
         self.part = model
         self._emit(PartOpened(model.part))
+        bot = self.start.bot_id if self.start is not None else None
         log.info(
-            "recording start bot=%r speaker=%r peer=%s part=%d (%s)",
-            self.start.bot_id if self.start is not None else None, self.speaker,
-            self.info.peer, model.part.number, why,
+            "recording start: bot %s, speaker %s, from %s, part %d (%s)", bot,
+            self.speaker or "-", peer_text(self.info.peer), model.part.number, why,
+            extra={"event": "recording_started", "bot_id": bot, "speaker": self.speaker,
+                   "peer": peer_text(self.info.peer), "part": model.part.number,
+                   "reason": why},
         )
         return model
 
@@ -512,8 +515,11 @@ class Stream:
             self._emit(StreamResumed(dormant.part, self.info))
             if metrics is not None:
                 metrics.reconnects.inc(label="appended")
-            log.info("reconnect: part %d of %r continues after %d ms", dormant.part.number,
-                     session.key, gap)
+            log.info("reconnect: part %d of bot %s continues after %d ms",
+                     dormant.part.number, dormant.part.bot_id, gap,
+                     extra={"event": "reconnect_appended", "bot_id": dormant.part.bot_id,
+                            "speaker": dormant.part.speaker, "part": dormant.part.number,
+                            "peer": peer_text(self.info.peer)})
             for data, start, events in held:
                 kept = [e for e in events if not isinstance(e, (InitSegment, BoxSeen))]
                 self._take(data, start, kept, skip=init.size)
@@ -555,8 +561,11 @@ class Stream:
             model.warnings_dropped += 1
         self._emit(Note(model.part, source, kind, message))
         if source == "recorder":
-            log.warning("bot %r part %d: %s (%s)", model.part.bot_id, model.part.number,
-                        message, kind)
+            log.warning("bot %s part %d: %s (%s)", model.part.bot_id, model.part.number,
+                        message, kind,
+                        extra={"event": "recording_warning", "bot_id": model.part.bot_id,
+                               "speaker": model.part.speaker, "part": model.part.number,
+                               "reason": kind})
             if self.recorder.metrics is not None:
                 self.recorder.metrics.recording_warnings.inc(label=kind)
 
