@@ -194,7 +194,8 @@ class HandlerCalls:
         state (a handler that fails after the bot closed is logged too); later ones are
         counted by the caller's metrics only."""
         if not self.failed:
-            log.error("handler failed for %s: %r", self.peer, error, exc_info=error)
+            log.error("handler failed for %s: %r", self.peer, error, exc_info=error,
+                      extra={"event": "handler_failed", "peer": self.peer})
         self.failed = True
 
     def offer(self, events: list[Event]) -> bool | Exception:
@@ -324,7 +325,8 @@ class _Policy:
         try:
             handler = factory(info)
         except Exception as exc:
-            log.error("handler factory failed for %s: %r", self.peer, exc, exc_info=exc)
+            log.error("handler factory failed for %s: %r", self.peer, exc, exc_info=exc,
+                      extra={"event": "handler_failed", "peer": self.peer})
             self.calls = HandlerCalls(Handler(), self.peer)
             self.calls.failed = True
             self._error_seen = True
@@ -345,7 +347,8 @@ class _Policy:
             return False
         self._error_seen = True
         if self.calls is not None and not self.calls.failed:
-            log.error("handler failed for %s: %r", self.peer, exc, exc_info=exc)
+            log.error("handler failed for %s: %r", self.peer, exc, exc_info=exc,
+                      extra={"event": "handler_failed", "peer": self.peer})
             self.calls.failed = True
         return True
 
@@ -454,7 +457,9 @@ class ConnectionDriver(_Policy):
                     for_handler.append(event)
                 elif kind is HTTPRejected:
                     rejected: Any = event
-                    log.info("%s: HTTP %d: %s", self.peer, rejected.status, rejected.reason)
+                    log.info("%s: HTTP %d: %s", self.peer, rejected.status, rejected.reason,
+                             extra={"event": "http_rejected", "peer": self.peer,
+                                    "status": rejected.status})
                 else:
                     for_handler.append(event)
             events = for_handler if self.calls is not None else []
