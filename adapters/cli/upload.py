@@ -70,7 +70,9 @@ OPTIONS: tuple[Option, ...] = (
            "keep each recording on local disk once the bucket has it in full and checked "
            "(false: remove it then)", metavar="BOOL", group="upload"),
     Option("upload_key", key_template, KeyTemplate(DEFAULT_KEY_TEMPLATE),
-           "object key template; fields {prefix} {bot_id} {speaker} {start} {part}",
+           "object key template; fields {prefix} {bot_id} {speaker} {start} {part} {path} "
+           "(the path below --output, without .mp4: the default with --path-template is "
+           "{prefix}/{path}.mp4)",
            metavar="TEMPLATE", shown_default=DEFAULT_KEY_TEMPLATE, group="upload"),
     Option("upload_threads", positive_int, 4, "threads uploading parts", metavar="N",
            group="upload"),
@@ -86,11 +88,19 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
+#: The key template when ``--path-template`` lays the recordings out (and ``--upload-key``
+#: is not given): the bucket mirrors the output directory whatever its layout.
+MIRROR_KEY_TEMPLATE = "{prefix}/{path}.mp4"
+
+
 def _config(settings: Settings) -> Any:
     from meetstream_live.adapters.recording.upload.uploader import UploadConfig
 
+    template = settings.upload_key
+    if settings.get("path_template") and settings.sources.get("upload_key") == "default":
+        template = KeyTemplate(MIRROR_KEY_TEMPLATE)
     return UploadConfig(
-        targets=list(settings.upload), key_template=settings.upload_key,
+        targets=list(settings.upload), key_template=template,
         part_size=settings.upload_part_size, keep_local=settings.keep_local,
         threads=settings.upload_threads, timeout=settings.upload_timeout,
         failover_after=settings.upload_failover_after,

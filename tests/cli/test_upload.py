@@ -204,3 +204,17 @@ def test_upload_command_goes_on_where_it_stopped(
 def test_upload_needs_a_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["upload", str(tmp_path)]) == 2
     assert "give --upload" in capsys.readouterr().err
+
+
+def test_a_path_template_makes_the_bucket_mirror_it() -> None:
+    from meetstream_live.adapters.cli.serve import serve_options
+    from meetstream_live.adapters.cli.upload import _config
+
+    layout = "{bot_id}/{start:%Y/%m}/{start:%H%M%S}.mp4"
+    settings = serve_options().resolve({"upload": ["s3://b1/x"], "path_template": layout}, {})
+    assert str(_config(settings).key_template) == "{prefix}/{path}.mp4"
+    chosen = serve_options().resolve({"upload": ["s3://b1/x"], "path_template": layout,
+                                      "upload_key": "{prefix}/{bot_id}/{start}.mp4"}, {})
+    assert str(_config(chosen).key_template) == "{prefix}/{bot_id}/{start}.mp4"
+    plain = serve_options().resolve({"upload": ["s3://b1/x"]}, {})
+    assert str(_config(plain).key_template) == "{prefix}/{bot_id}/{speaker}/{start}.mp4"

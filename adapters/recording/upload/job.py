@@ -210,7 +210,8 @@ class Job:
         """A journal record, and the numbers the other threads read."""
         self.journal.append(op, **fields)
         state = self.journal.state
-        self.uploaded = state.uploaded_end
+        self.uploaded = (int(state.complete["size"]) if state.complete is not None
+                         else state.uploaded_end)
         self.next_number = max(state.parts, default=0) + 1
         self.complete = state.complete is not None
 
@@ -653,13 +654,12 @@ class Job:
 
     def report(self) -> dict[str, Any]:
         """For the sidecar (``sinks.upload``) and logs."""
-        state = self.state
+        state = self.state  # read from another thread: the numbers cached for it
         return {
             "target": state.target,
             "key": state.key,
-            "parts": len(state.parts),
-            "uploaded_bytes": state.uploaded_end if state.complete is None
-            else state.complete.get("size"),
-            "complete": state.complete is not None,
+            "parts": self.next_number - 1,
+            "uploaded_bytes": self.uploaded,
+            "complete": self.complete,
             "last_error": self.last_error,
         }

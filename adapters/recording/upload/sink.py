@@ -33,7 +33,7 @@ from meetstream_live.adapters.recording.sinks import (
 )
 
 from .job import FinalInfo
-from .keys import ObjectName, name_from_path
+from .keys import ObjectName, name_of
 from .resume import resume_journals
 from .uploader import UploadConfig, Uploader
 
@@ -110,7 +110,7 @@ class UploadSink(Sink):
                 assert isinstance(event, FragmentStored)
                 path = event.path
                 uploader.stored(part.id, path, event.file_offset + event.size,
-                                lambda path=path: self._name(path))  # type: ignore[misc]
+                                lambda path=path: self._name(part, path))  # type: ignore[misc]
             elif kind is PartClosed:
                 assert isinstance(event, PartClosed)
                 with self._lock:
@@ -119,8 +119,8 @@ class UploadSink(Sink):
                 assert isinstance(event, PartFinalized)
                 self._finalized(part, event)
 
-    def _name(self, path: Path) -> ObjectName:
-        return name_from_path(self.root, path)
+    def _name(self, part: Part, path: Path) -> ObjectName:
+        return name_of(part.bot_id, part.speaker, self.root, path)
 
     def _finalized(self, part: Part, event: PartFinalized) -> None:
         recording = event.recording
@@ -132,7 +132,7 @@ class UploadSink(Sink):
                     if over and isinstance(session, str) and session else None)
         final = FinalInfo(recording.path, int(doc.get("bytes", 0)), recording.sidecar_path,
                           bool(doc.get("indexed")), manifest, time.monotonic())
-        self.uploader.finalized(part.id, final, lambda: self._name(recording.path))
+        self.uploader.finalized(part.id, final, lambda: self._name(part, recording.path))
 
     def report(self, part: Part) -> dict[str, Any]:
         job = self.uploader.job(part.id)

@@ -13,6 +13,7 @@ from meetstream_live.adapters.recording.upload.keys import (
     beside,
     name_from_path,
     name_from_sidecar,
+    name_of,
     parse_target,
     sidecar_key,
 )
@@ -48,9 +49,22 @@ def test_the_default_key_mirrors_the_output_directory(tmp_path: Path) -> None:
     with_speaker = name_from_path(tmp_path, tmp_path / "bot-1" / "Ada" / "20250102T030405Z.mp4")
     assert template.key(target, with_speaker) == "meetings/eu/bot-1/Ada/20250102T030405Z.mp4"
     alone = name_from_path(tmp_path, tmp_path / "bot-1" / "20250102T030405Z_part002.mp4.part")
-    assert alone == ObjectName("bot-1", "", "20250102T030405Z_part002")
+    assert alone == ObjectName("bot-1", "", "20250102T030405Z_part002",
+                               "bot-1/20250102T030405Z_part002")
     assert alone.part == 2
     assert template.key(Target("rec"), alone) == "bot-1/20250102T030405Z_part002.mp4"
+
+
+def test_names_from_the_bot_whatever_the_layout(tmp_path: Path) -> None:
+    media = tmp_path / "2025" / "01" / "02" / "bot_1" / "030405.mp4.part"
+    name = name_of("bot/1", "Ada", tmp_path, media)
+    assert name == ObjectName("bot_1", "Ada", "030405", "2025/01/02/bot_1/030405")
+    assert KeyTemplate().key(Target("r", "p"), name) == "p/bot_1/Ada/030405.mp4"
+    assert KeyTemplate("{prefix}/{path}.mp4").key(Target("r", "p"), name) == \
+        "p/2025/01/02/bot_1/030405.mp4"
+    media.parent.mkdir(parents=True)
+    (media.parent / "030405.json").write_text('{"bot_id": "bot/1", "speaker_id": "Ada"}')
+    assert name_from_path(tmp_path, media.with_suffix("")) == name  # the sidecar says
 
 
 def test_templates() -> None:

@@ -280,3 +280,19 @@ def test_close_leaves_what_the_storage_refuses_to_the_journal(
     assert media.read_bytes() == fmp4_medium.data
     assert [r["op"] for r in journal_records(tmp_path)] == ["begin"]
     assert objects(s3.client(), bucket) == {}
+
+
+def test_the_bucket_mirrors_a_path_template(
+    fmp4_medium: Media, s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    from meetstream_live.adapters.recording.upload import KeyTemplate
+
+    up = uploader(storage(bucket), key_template=KeyTemplate("{prefix}/{path}.mp4"))
+    recorder = Recorder(tmp_path, sinks=[sink_for(tmp_path, up)],
+                        path_template="{bot_id}/{start:%Y}/{start:%H%M%S}.mp4")
+    record(recorder, fmp4_medium.data, "bot-layout")
+    recorder.close()
+    (media,) = media_files(tmp_path)
+    relative = media.relative_to(tmp_path).as_posix()
+    assert relative.count("/") == 2
+    assert body(s3.client(), bucket, f"meet/{relative}") == fmp4_medium.data
