@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from meetstream_live.adapters.recording.sidecar import peer_text
+
 __all__ = ["FIELDS", "JsonFormatter", "TextFormatter", "load_log_config", "setup_logging"]
 
 #: The fields the code base's log calls pass in ``extra`` (documented in docs/cli.md).
@@ -35,10 +37,14 @@ LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def fields(record: logging.LogRecord) -> dict[str, Any]:
-    """The ``extra`` fields of a record, in :data:`FIELDS` order, then any others."""
+    """The ``extra`` fields of a record, in :data:`FIELDS` order, then any others (a
+    ``peer`` as the transports give it, ``('10.0.0.5', 53211)``, becomes ``10.0.0.5:53211``)."""
     found = {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
     ordered = {k: found.pop(k) for k in FIELDS if k in found}
     ordered.update(found)
+    for key in ("peer", "proxy"):
+        if isinstance(ordered.get(key), str):
+            ordered[key] = peer_text(ordered[key])
     return ordered
 
 

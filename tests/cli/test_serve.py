@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,8 +24,11 @@ LISTENING = re.compile(r"listening on ws://[^:]+:(\d+)/")
 
 
 @contextmanager
-def serving(tmp_path: Path, *argv: str, listeners: int = 1) -> Iterator[tuple[int, Path]]:
-    """``serve`` in a subprocess until the block ends (SIGTERM); yields its port and log."""
+def serve_process(
+    tmp_path: Path, *argv: str, listeners: int = 1
+) -> Iterator[tuple[int, Path, subprocess.Popen[bytes]]]:
+    """``serve`` in a subprocess until the block ends (SIGTERM, unless it exited already);
+    yields its port, log and process."""
     log_path = tmp_path / f"log-{time.monotonic_ns()}"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -41,11 +45,19 @@ def serving(tmp_path: Path, *argv: str, listeners: int = 1) -> Iterator[tuple[in
                 time.sleep(0.05)
             assert len(found) >= listeners, log_path.read_text()
             (port,) = set(found)
-            yield int(port), log_path
+            yield int(port), log_path, proc
         finally:
-            proc.send_signal(signal.SIGTERM)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
             code = proc.wait(30)
     assert code == 0, log_path.read_text()
+
+
+@contextmanager
+def serving(tmp_path: Path, *argv: str, listeners: int = 1) -> Iterator[tuple[int, Path]]:
+    """``serve`` in a subprocess until the block ends (SIGTERM); yields its port and log."""
+    with serve_process(tmp_path, *argv, listeners=listeners) as (port, log, _proc):
+        yield port, log
 
 
 def stream(port: int, bot_id: str) -> None:
@@ -114,3 +126,42 @@ def test_workers_refuse_a_port_already_served(tmp_path: Path) -> None:
         )
     assert done.returncode == 2, done.stderr
     assert f"127.0.0.1:{taken} is already in use" in done.stderr
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="SO_REUSEPORT: Linux, BSD")
+def test_workers_answer_metrics_for_the_whole_receiver(tmp_path: Path) -> None:
+    """Every scrape reaches one worker; each answers with the sum, and no counter ever goes
+    back from one scrape to the next (before: each worker's own numbers, so rate() saw
+    traffic come and go)."""
+    output = tmp_path / "rec"
+    argv = ("--port", "0", "--workers", "2", "--output", str(output))
+    bots = 8
+    with serving(tmp_path, *argv, listeners=2) as (port, _log):
+        last: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        workers: set[str] = set()
+        for n in range(bots):
+            stream(port, f"m-bot-{n}")
+            for _ in range(3):
+                now = scrape(port)
+                for key, value in now.items():
+                    if key[0].endswith("_total") and key in last and "worker" not in dict(key[1]):
+                        assert value >= last[key], key
+                workers |= {dict(k[1]).get("worker", "?") for k in now
+                            if k[0] == "process_open_fds"}
+                last = now
+        time.sleep(1.5)  # every worker has published its last numbers
+        final = scrape(port)
+    media = len(sample_bytes()) * bots
+    assert final[("meetstream_live_media_received_bytes_total", ())] == media
+    assert final[("meetstream_live_websocket_connections_total", ())] == bots
+    assert final[("meetstream_live_recorded_bytes_total", ())] == media
+    assert workers == {"0", "1", "2"}  # the parent and both workers, each labelled
