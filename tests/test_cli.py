@@ -304,13 +304,6 @@ def test_check_fails_against_wrong_receivers(
         assert "closed with 1009" in out
 
 
-def test_check_reports_a_refused_handshake(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check", "ws://127.0.0.1:1/", "--timeout", "2s"]) == 1
-    found = results(capsys.readouterr().out)
-    assert found["handshake"] == "FAIL"
-    assert found["clean close"] == "FAIL"
-
-
 # ------------------------------------------------------------------------ create-bot
 
 

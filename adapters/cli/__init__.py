@@ -194,7 +194,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .simulate import check, format_check
+    from .check import check, format_check
 
     url = _check_url(args.url)
     if not url.startswith("wss://"):
