@@ -71,6 +71,20 @@ def test_the_core_imports_no_adapter(path: Path) -> None:
     assert not bad, f"{path.name} imports {bad}"
 
 
+def test_only_the_cores_main_names_the_command_line() -> None:
+    """``python -m meetstream_live`` hands over to ``meetstream_live.adapters.cli`` by name
+    (``core/__main__.py``, which nothing imports); no other core file names an adapter, even
+    in a string (``importlib``, ``runpy`` would hide it from the import statements)."""
+    naming = set()
+    for path in sorted(CORE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and (
+                node.value.split(".")[:2] == ["meetstream_live", "adapters"]
+            ):
+                naming.add((path.name, node.value))
+    assert naming == {("__main__.py", "meetstream_live.adapters.cli")}
+
+
 @pytest.mark.parametrize("path", adapter_files(), ids=lambda p: p.name)
 def test_a_transport_imports_no_application(path: Path) -> None:
     imported = imports_of(path, "meetstream_live.adapters")

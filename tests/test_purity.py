@@ -47,8 +47,14 @@ FORBIDDEN_MODULES = frozenset(
         "ssl",
         "subprocess",
         "logging",
+        "runpy",
+        "importlib.util",
     }
 )
+#: The one core file allowed to reach the command line: ``python -m meetstream_live``.
+MAIN = CORE / "__main__.py"
+HAND_OVER = ('runpy.run_module("meetstream_live.adapters.cli", run_name="__main__", '
+             'alter_sys=True)')
 #: Builtins that do I/O or import behind the reader's back.
 FORBIDDEN_CALLS = frozenset({"open", "print", "input", "__import__", "exec", "eval", "breakpoint"})
 
@@ -74,6 +80,11 @@ def violations(source: str, filename: str = "<source>") -> list[str]:
             and node.func.id in FORBIDDEN_CALLS
         ):
             found.append(f"{filename}:{node.lineno}: calls {node.func.id}()")
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and (
+            node.value == "meetstream_live.adapters"
+            or node.value.startswith("meetstream_live.adapters.")
+        ):  # an import by name (importlib, runpy) hides from the import statements
+            found.append(f"{filename}:{node.lineno}: names the adapters ({node.value!r})")
         line = getattr(node, "lineno", 0)
         for name in names:
             top = name.split(".")[0]
@@ -85,7 +96,7 @@ def violations(source: str, filename: str = "<source>") -> list[str]:
 
 
 def core_files() -> list[Path]:
-    files = sorted(CORE.glob("*.py"))
+    files = sorted(p for p in CORE.glob("*.py") if p != MAIN)
     assert files, f"no core sources under {CORE}"
     return files
 
@@ -107,6 +118,8 @@ def core_files() -> list[Path]:
         "from meetstream_live.adapters import ServerOptions",
         "import meetstream_live.adapters.asyncio",
         "def f():\n    import random\n",
+        "import runpy",
+        "importlib.import_module('meetstream_live.adapters.cli')",
         "data = open('x').read()",
         "print('hello')",
     ],
@@ -136,6 +149,23 @@ def test_the_checker_lets_pure_code_through(source: str) -> None:
 @pytest.mark.parametrize("path", core_files(), ids=lambda path: path.name)
 def test_a_core_module_does_no_io_and_never_imports_the_adapters(path: Path) -> None:
     assert violations(path.read_text(encoding="utf-8"), path.name) == []
+
+
+def test_main_is_only_the_hand_over_to_the_command_line() -> None:
+    """``core/__main__.py`` is allowed to name the command line, and does nothing else."""
+    tree = ast.parse(MAIN.read_text(encoding="utf-8"))
+    body = [node for node in tree.body
+            if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]
+    assert [ast.unparse(node) for node in body] == ["import runpy", HAND_OVER.replace('"', "'")]
+    assert [v for v in violations(MAIN.read_text(encoding="utf-8"))
+            if "runpy" not in v and "names the adapters" not in v] == []
+
+
+def test_python_dash_m_meetstream_live_runs_the_command() -> None:
+    done = subprocess.run([sys.executable, "-m", "meetstream_live", "--version"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"meetstream-live {meetstream_live.__version__}"
 
 
 def test_importing_the_core_loads_no_event_loop_and_no_adapter() -> None:
