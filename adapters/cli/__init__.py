@@ -335,10 +335,11 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     serve = commands.add_parser(
         "serve", help="receive streams and record them to disk", formatter_class=_Help,
         description="Receive MeetStream live video and record each stream to "
-        "OUTPUT/<bot_id>/[<speaker>/]<UTC start>.mp4 with a .json sidecar (see "
-        "docs/recording.md). Unfinished .part files left by a crash are recovered first. "
-        "GET /healthz and GET /metrics (Prometheus) are served on the same port. Stop with "
-        "SIGINT or SIGTERM: streams get --drain-timeout to finish. Every option also comes "
+        "OUTPUT/<bot_id>/[<speaker>/]<UTC start>.mp4 (or --path-template) with a .json "
+        "sidecar (see docs/recording.md). Unfinished .part files left by a crash are "
+        "recovered first. GET /healthz (liveness), GET /readyz (readiness: 503 and why) and "
+        "GET /metrics (Prometheus) are served on the same port. Stop with SIGINT or SIGTERM: "
+        "streams get --drain-timeout to finish (after --shutdown-delay). Every option also comes "
         "from its environment variable or from the config file (flags > environment > file "
         "> defaults; see docs/config.md). " + DURATIONS,
     )

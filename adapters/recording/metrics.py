@@ -528,6 +528,35 @@ class Metrics:
             labels = sorted({k for s in family.samples for k in s.labels if k != "le"})
             yield name, family.type, family.documentation, tuple(labels)
 
+    def catalogue(self) -> list[tuple[str, str, tuple[str, ...], str]]:
+        """``(name, type, labels, help)`` of every metric this object can render (the
+        sinks' and the watched ones included, whether they have values yet or not; not the
+        process collector's), by name: what ``docs/metrics.md`` is made of."""
+        p = self.prefix
+        found: list[tuple[str, str, tuple[str, ...], str]] = []
+        for value in vars(self).values():
+            if isinstance(value, _Wrapped):
+                metric = value.metric
+                kind = str(metric._type)
+                name = value.name + ("_total" if kind == "counter" else "")
+                found.append((name, kind, tuple(metric._labelnames), str(metric._documentation)))
+        found.append((f"{p}_build_info", "gauge", tuple(self._info), self.build._documentation))
+        found.append((f"{p}_media_received_bytes_total", "counter", (),
+                      "Bytes of fMP4 media received from bots."))
+        found.append((f"{p}_media_chunk_size_bytes", "histogram", (),
+                      next(f.documentation for f in self._families()
+                           if f.name == f"{p}_media_chunk_size_bytes")))
+        found.append((f"{p}_disk_free_bytes", "gauge", (),
+                      "Free space for the receiver on the output directory's filesystem."))
+        found.append((f"{p}_disk_size_bytes", "gauge", (),
+                      "Size of the output directory's filesystem."))
+        for field, kind, help_text in _SINK_FIELDS:
+            found.append((f"{p}_sink_{field}" + ("_total" if kind == "counter" else ""), kind,
+                          ("sink", "when_full"), help_text))
+        for name, kind, help_text, _values in self._watched:
+            found.append((name, kind, (), help_text))
+        return sorted(found)
+
     def http_handler(self, request: HTTPRequest) -> HTTPAnswer:
         """``ServerOptions.http_handler``: ``GET /healthz`` and ``GET /metrics``."""
         if request.method not in ("GET", "HEAD"):

@@ -96,7 +96,7 @@ def test_end_to_end_the_sidecar_names_the_real_client(tmp_path: Path) -> None:
     for flags, bot_id in ((("--proxy-headers",), "behind"), ((), "ignored")):
         with serving(tmp_path, "--port", "0", "--output", str(output), *flags) as (port, _):
             asyncio.run(bot(port, bot_id))
-    behind = json.loads(next(output.glob("behind/*.json")).read_text())
-    ignored = json.loads(next(output.glob("ignored/*.json")).read_text())
+    behind = json.loads(next(output.glob("behind/*.mp4")).with_suffix(".json").read_text())
+    ignored = json.loads(next(output.glob("ignored/*.mp4")).with_suffix(".json").read_text())
     assert behind["peer"] == {"host": "203.0.113.50", "port": None}
     assert ignored["peer"]["host"] == "127.0.0.1" and isinstance(ignored["peer"]["port"], int)
