@@ -6,9 +6,9 @@
 * :meth:`Metrics.observe` is the server's ``ServerOptions.observer``: it is called on the event
   loop with every core event of every connection, so it only bumps numbers. The media
   chunks (the only events that come by the thousand per second) are counted by hand, under
-  one lock (:class:`_MediaCounts`: measured 0.4 us a chunk against 1.6 us for
-  ``prometheus_client``'s counter and histogram, see ``docs/benchmarks.md``); everything else
-  is ``prometheus_client``'s.
+  one lock (:class:`_MediaCounts`: measured 0.6 us a chunk against 1.7 us for
+  ``prometheus_client``'s counter and histogram, ``benchmarks/metrics.py`` and
+  ``docs/benchmarks.md``); everything else is ``prometheus_client``'s.
 * the recorder (:class:`~.sessions.Recorder`, its file sink and its other sinks) reports what
   only it knows (streams open and finished, bytes written, disk errors, recording warnings)
   from its threads; :meth:`Metrics.watch_sinks` adds each sink's backlog, lag, errors and
