@@ -112,3 +112,37 @@ def test_sigterm_with_a_shutdown_delay_says_draining_while_serving(
     (media,) = output.glob("late-bot/*.mp4")
     assert media.stat().st_size > 0
     assert "SIGTERM: /readyz says draining" in log.read_text()
+
+
+def test_the_lag_probe_measures_the_loop_it_runs_on() -> None:
+    import asyncio
+
+    import trio
+
+    from meetstream_live.adapters.cli.health import start_lag_probe
+
+    metrics = Metrics()
+    assert not start_lag_probe(metrics)  # no loop here
+
+    async def blocked_asyncio() -> None:
+        assert start_lag_probe(metrics, interval=0.01)
+        await asyncio.sleep(0.02)
+        time.sleep(0.2)  # the loop is held: the next tick is late
+        await asyncio.sleep(0.05)
+
+    asyncio.run(blocked_asyncio())
+    lag = "meetstream_live_event_loop_lag_seconds"
+    assert metrics.loop_lag.count() >= 2
+    text = metrics.render()
+    assert f'{lag}_bucket{{le="0.1"}}' in text
+    late = [line for line in text.splitlines() if line.startswith(f"{lag}_sum")]
+    assert float(late[0].split()[1]) >= 0.15
+
+    trio_metrics = Metrics()
+
+    async def trio_main() -> None:
+        assert start_lag_probe(trio_metrics, interval=0.01)
+        await trio.sleep(0.1)
+
+    trio.run(trio_main)
+    assert trio_metrics.loop_lag.count() >= 3
