@@ -196,6 +196,75 @@ def time_upload(ks: tuple[int, ...], seconds: float, reps: int, tmp_root: str | 
     return {"rows": rows}
 
 
+def pump(rate_mbps: float, seconds: float, threads: int = 4) -> None:
+    """Upload ``rate_mbps`` MB/s of 5 MiB parts to the storage of the environment for
+    ``seconds`` (the control run: the same upload traffic from another process)."""
+    import threading
+
+    from meetstream_live.adapters.recording.upload.keys import Target
+    from meetstream_live.adapters.recording.upload.s3 import Storage, crc32_b64, make_client
+
+    storage = Storage(Target(os.environ["PUMP_BUCKET"]), make_client(pool=threads + 2))
+    data = os.urandom(5 * MIB)
+    crc = crc32_b64(data)
+    interval = len(data) / (rate_mbps * 1e6)
+    end = time.monotonic() + seconds
+    lock = threading.Lock()
+    due = [time.monotonic()]
+
+    def work(n: int) -> None:
+        key = f"pump-{n}.bin"
+        upload_id = storage.create(key, "application/octet-stream")
+        number = 0
+        while time.monotonic() < end:
+            with lock:
+                at = due[0]
+                due[0] += interval
+            pause = at - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            number += 1
+            storage.upload_part(key, upload_id, number, data, crc)
+        storage.abort(key, upload_id)
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
+def time_control(ks: tuple[int, ...], seconds: float, reps: int,
+                 tmp_root: str | None) -> dict[str, Any]:
+    """The receiver without uploads while another process uploads as much to the same
+    storage: what the storage server and the traffic cost the box, not the receiver."""
+    import subprocess
+
+    services = _services()
+    rows: list[dict[str, Any]] = []
+    for k in ks:
+        with services.s3_server() as s3:
+            pid = s3._proc.pid if s3._proc is not None else None
+            for rep in range(reps):
+                bucket = s3.create_bucket(f"control-k{k}-r{rep}")
+                env = {**os.environ, **s3.env(), "PUMP_BUCKET": bucket}
+                rate = k * BITRATE_BPS / 8 / 1e6
+                pumping = subprocess.Popen(
+                    [sys.executable, "-m", "benchmarks.upload", "--pump", str(rate),
+                     "--duration", str(seconds + 10)], env=env, cwd=ROOT)
+                try:
+                    row = run_one(k, seconds, rep, "", {}, pid, tmp_root)
+                finally:
+                    pumping.wait(120)
+                row["control"] = True
+                rows.append(row)
+                log(f"control K={k} rep {rep + 1} (no uploads, {rate:.0f} MB/s pumped to the "
+                    f"same storage by another process): pong p50 {row['rtt_p50_ms']:.1f} p99 "
+                    f"{row['rtt_p99_ms']:.1f} ms, lost {row['bytes_lost']}, serve cpu "
+                    f"{row['server_cpu_pct']:.0f} %, weed {row['weed_cpu_pct']:.0f} %")
+    return {"rows": rows}
+
+
 # ---------------------------------------------------------------------------- the moov
 
 
@@ -261,9 +330,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--moov", action="store_true",
                         help="measure the choice after --index instead")
     parser.add_argument("--sizes", default="50,200,800", help="--moov: MiB per recording")
+    parser.add_argument("--control", action="store_true",
+                        help="instead: the receiver without uploads while another process "
+                        "uploads as much to the same storage")
+    parser.add_argument("--pump", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--out", help="write the JSON results here (default: stdout)")
     args = parser.parse_args(argv)
-    if args.moov:
+    if args.pump is not None:
+        pump(args.pump, args.duration)
+        return 0
+    if args.control:
+        result = time_control(tuple(int(k) for k in args.k.split(",")), args.duration,
+                              args.reps, args.tmpdir)
+    elif args.moov:
         result = time_moov(tuple(int(s) for s in args.sizes.split(",")), args.reps)
     else:
         result = time_upload(tuple(int(k) for k in args.k.split(",")), args.duration,
