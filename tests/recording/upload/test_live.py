@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from media import Media, probe
+from media import Media, fragment_spans, probe
 from services import S3Server, s3_server
 
 from meetstream_live.adapters.recording import Recorder
@@ -108,6 +108,8 @@ def test_uploaded_while_recording_byte_for_byte(
     records = journal_records(tmp_path)
     parts = check_parts(records, len(data))
     assert len(parts) == 3
+    _, spans = fragment_spans(data)  # each part but the last ends where a fragment does
+    assert {p["end"] for p in parts[:-1]} <= {offset + size for offset, size in spans}
     (complete,) = [r for r in records if r["op"] == "complete"]
     assert complete["size"] == len(data) and complete["parts"] == 3
     head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
@@ -211,12 +213,15 @@ def test_a_complete_whose_answer_was_lost(
     clip20: Media, s3: S3Server, bucket: str, tmp_path: Path
 ) -> None:
     """Complete reached the storage, its answer did not reach us: the retry finds the
-    upload gone (NoSuchUpload) and the object there, whole: it is complete, not restarted."""
+    upload gone (NoSuchUpload, as S3 may answer; SeaweedFS answers a second Complete with
+    success, so that answer is injected) and the object there, whole: it is complete, not
+    uploaded again."""
     from botocore.exceptions import ReadTimeoutError
 
     flaky = FlakyClient(make_client(timeout=5.0))
     flaky.fail("complete_multipart_upload",
                lambda: ReadTimeoutError(endpoint_url="http://storage"), after=True)
+    flaky.fail("complete_multipart_upload", lambda: client_error("NoSuchUpload", 404))
     up = uploader(storage(bucket, client=flaky))
     recorder = Recorder(tmp_path, sinks=[sink_for(tmp_path, up)])
     record(recorder, clip20.data)
