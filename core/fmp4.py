@@ -47,6 +47,12 @@ Invariants
   the scanner holds at most one box header (32 bytes). ``mdat`` payloads are never copied.
 * **O(1) skipping.** A ``feed`` call that falls entirely inside an ``mdat`` (or any box that is
   not copied) costs a length comparison and two additions, whatever its size.
+* **Bounded work per box run.** At most ``max_boxes`` top-level boxes follow one another
+  without an :class:`InitSegment` or a :class:`FragmentComplete`; the next one is a fatal
+  ``"too many boxes:"``. So the boxes a ``feed`` call reports number at most ``max_boxes``
+  times one more than the init segments and fragments it completes, however small they are
+  (the decision is taken at the header of the box that goes over, a fixed stream position:
+  split independence holds).
 * **Never raises on input.** Whatever the bytes, ``feed`` and ``eof`` return events. Only API
   misuse raises: ``feed`` after ``eof`` raises :class:`~meetstream_live.LocalProtocolError`, and
   bad constructor arguments raise :class:`ValueError`.
@@ -69,6 +75,10 @@ cut back to its last complete fragment. Reasons start with:
 * ``"bad type:"``: a box type that is not four printable ASCII characters (0x20..0x7E);
 * ``"too large:"``: a ``moof`` larger than ``max_moof_size``, or an init segment that would
   exceed ``max_init_size``;
+* ``"too many boxes:"``: more than ``max_boxes`` top-level boxes in a row complete neither an
+  init segment nor a fragment (a flood of small boxes that look valid, e.g. 8-byte ``free``
+  boxes, or bytes that are not fMP4 and happen to parse): the scanner gives up on the stream
+  rather than report a :class:`BoxSeen` every few bytes;
 * ``"truncated:"``: at ``eof``, the stream ends inside a box header or before the end of a box
   whose size says it goes further.
 
@@ -112,6 +122,10 @@ __all__ = [
 
 DEFAULT_MAX_INIT_SIZE: Final = 4 * 1024 * 1024
 DEFAULT_MAX_MOOF_SIZE: Final = 1024 * 1024
+#: Top-level boxes in a row that complete neither an init segment nor a fragment. A real
+#: stream has a handful between two fragments (``styp``, ``sidx``, ``prft``, ``emsg``,
+#: ``free``...): 256 is generous, and bounds what a flood of 8-byte boxes costs (2 KiB).
+DEFAULT_MAX_BOXES: Final = 256
 #: The longest possible box header: size, type, largesize, usertype.
 MAX_HEADER_SIZE: Final = 32
 
@@ -468,7 +482,9 @@ class Fmp4Scanner:
     See the module documentation for the events, the invariants and the broken state.
 
     ``max_init_size`` caps the init segment copy, ``max_moof_size`` the ``moof`` copy (whole
-    boxes, headers included); both must be at least 32.
+    boxes, headers included); both must be at least 32. ``max_boxes`` (at least 2) bounds the
+    top-level boxes in a row that complete neither an init segment nor a fragment (see
+    ``"too many boxes:"``).
     """
 
     __slots__ = (
@@ -477,6 +493,7 @@ class Fmp4Scanner:
         "_box_offset",
         "_box_size",
         "_box_type",
+        "_boxes",
         "_closed",
         "_fragments",
         "_hdr",
@@ -485,6 +502,7 @@ class Fmp4Scanner:
         "_init_segment",
         "_init_start",
         "_last_end",
+        "_max_boxes",
         "_max_init",
         "_max_moof",
         "_mdat_completes",
@@ -503,14 +521,19 @@ class Fmp4Scanner:
         *,
         max_init_size: int = DEFAULT_MAX_INIT_SIZE,
         max_moof_size: int = DEFAULT_MAX_MOOF_SIZE,
+        max_boxes: int = DEFAULT_MAX_BOXES,
     ) -> None:
         if max_init_size < MAX_HEADER_SIZE or max_moof_size < MAX_HEADER_SIZE:
             raise ValueError(
                 f"max_init_size and max_moof_size must be >= {MAX_HEADER_SIZE}, "
                 f"got {max_init_size} and {max_moof_size}"
             )
+        if max_boxes < 2:  # ftyp + moov: the smallest run that completes something
+            raise ValueError(f"max_boxes must be >= 2, got {max_boxes}")
         self._max_init = max_init_size
         self._max_moof = max_moof_size
+        self._max_boxes = max_boxes
+        self._boxes = 0  # top-level boxes since the last init segment or fragment
         self._offset = 0  # bytes fed so far
         self._closed = False  # eof() was called
         self._state = _HEADER
@@ -751,6 +774,11 @@ class Fmp4Scanner:
                 return
         else:
             size = size32 or None
+        self._boxes += 1
+        if self._boxes > self._max_boxes:
+            self._fail(events, offset, f"too many boxes: {self._max_boxes} top-level boxes in a "
+                       "row complete neither an init segment nor a fragment")
+            return
         btype = typ.decode("ascii")
         events.append(BoxSeen(btype, offset, size, hlen))
         self._box_type = btype
@@ -822,6 +850,7 @@ class Fmp4Scanner:
             self._tracks = tracks
             self._trex = trex
             self._last_end = end
+            self._boxes = 0
         elif btype == "moof" and self._sink is not None:
             sequence_number, runs, bad = _parse_moof(bytes(self._sink), self._box_hlen, self._trex)
             if bad is not None:
@@ -839,6 +868,7 @@ class Fmp4Scanner:
             )
             self._fragments += 1
             self._last_end = end
+            self._boxes = 0
         self._mdat_completes = False
         self._sink = None
         self._state = _HEADER
