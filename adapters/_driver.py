@@ -17,7 +17,11 @@ An adapter is a loop: read -> :meth:`ConnectionDriver.receive` -> write ``step.o
   connection's own thread, and the core ignores a close once one is under way;
 * once closing, the :class:`~meetstream_live.adapters.Backlog` stops pausing the bot's
   socket (its close answer must get through);
-* the connection limit and the graceful drain of the server (:class:`Connections`).
+* the connection limit and the graceful drain of the server (:class:`Connections`);
+* running out of file descriptors (:class:`Descriptors`): a few are held in reserve, so
+  that when ``accept(2)`` fails with ``EMFILE``/``ENFILE`` the reserve is let go, the waiting
+  connection is accepted and its upgrade answered 503, and upgrades keep getting 503 until
+  the reserve is whole again; streams in flight go on.
 
 ``post`` is the one primitive an adapter supplies per connection: a thread-safe way to run
 ``fn(driver)`` on the connection's loop (or thread) and apply the :class:`Step` it returns.
@@ -26,10 +30,13 @@ An adapter is a loop: read -> :meth:`ConnectionDriver.receive` -> write ``step.o
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -58,12 +65,16 @@ from ._handler import (
 )
 
 __all__ = [
+    "ACCEPT_CAPACITY_ERRNOS",
+    "ACCEPT_RETRY_DELAY",
+    "DESCRIPTOR_RESERVE",
     "INLINE_BACKOFF",
     "INLINE_STALL",
     "READ_SIZE_SHRINK_AFTER",
     "READ_SIZE_START",
     "ConnectionDriver",
     "Connections",
+    "Descriptors",
     "HandlerCalls",
     "MessageDriver",
     "MessageStep",
@@ -644,6 +655,109 @@ class ReadSizer:
         return True
 
 
+#: ``accept(2)`` errors that mean "out of resources for now" (the connection waits in the
+#: listen backlog): see :class:`Descriptors`.
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+#: Seconds an adapter waits before trying ``accept(2)`` again when nothing is left to free.
+ACCEPT_RETRY_DELAY = 0.1
+#: File descriptors a server holds in reserve (see :class:`Descriptors`): one for the socket
+#: of the connection told 503, the others for what a stream needs (its recording's files, a
+#: wake-up socket pair) once the reserve is back.
+DESCRIPTOR_RESERVE = 4
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    fds.clear()
+
+
+class Descriptors:
+    """Running out of file descriptors (``EMFILE``, ``ENFILE``), the same for every adapter.
+
+    ``reserve`` descriptors (``/dev/null``, close-on-exec) are held from the start. Then:
+
+    * ``accept(2)`` fails for lack of descriptors (:meth:`accept_failed`): the reserve is let
+      go and the adapter accepts again at once, so the connection that waits is taken, and
+      its upgrade answered 503 (the core's ``overloaded``); once the reserve is gone, the
+      adapter waits :data:`ACCEPT_RETRY_DELAY` and tries again (the connections wait in the
+      kernel's listen backlog; nothing is refused);
+    * every new connection asks :meth:`headroom` (through :meth:`Connections.overloaded`):
+      the reserve is taken back when it can be, and a stream may start only when it is whole
+      and one descriptor more can be had; otherwise the upgrade gets 503;
+    * one error line when descriptors run out, one warning line when they are back (with
+      how many upgrades got 503 and how many accepts had to wait): once per burst.
+
+    Streams in flight are not touched: they hold their descriptors. Thread-safe.
+    """
+
+    def __init__(self, reserve: int = DESCRIPTOR_RESERVE) -> None:
+        self.reserve = reserve
+        self._held: list[int] = []
+        self._lock = threading.Lock()
+        #: Out of descriptors now (between the two log lines).
+        self.short = False
+        #: Upgrades refused for lack of descriptors, and accepts that had to wait, in all.
+        self.refused = 0
+        self.waited = 0
+        self._burst = (0, 0)
+        self._refill()
+        weakref.finalize(self, _close_all, self._held)
+
+    def _refill(self) -> bool:
+        """(Lock held, or in ``__init__``.) Take the reserve back; True once it is whole."""
+        try:
+            while len(self._held) < self.reserve:
+                self._held.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            return False
+        return True
+
+    def _probe(self) -> bool:
+        """(Lock held.) Whether one descriptor more than the reserve can be had."""
+        try:
+            fd = os.dup(self._held[0]) if self._held else os.open(os.devnull, os.O_RDONLY)
+        except OSError:
+            return False
+        os.close(fd)
+        return True
+
+    def headroom(self) -> bool:
+        """Whether a new stream may start (else its upgrade gets 503); takes the reserve back
+        when it can. Called once per accepted connection."""
+        with self._lock:
+            ok = self._refill() and self._probe()
+            if not ok:
+                self._short("no file descriptor to spare")
+                self.refused += 1
+            elif self.short:
+                self.short = False
+                refused, waited = self.refused - self._burst[0], self.waited - self._burst[1]
+                log.warning("file descriptors are available again: accepting upgrades (%d "
+                            "got 503, %d accept(s) waited)", refused, waited)
+            return ok
+
+    def accept_failed(self, exc: OSError) -> bool:
+        """``accept(2)`` failed with ``exc`` (an errno of :data:`ACCEPT_CAPACITY_ERRNOS`):
+        True to accept again at once (the reserve was let go: that connection's upgrade gets
+        503), False to wait :data:`ACCEPT_RETRY_DELAY` first."""
+        with self._lock:
+            self._short(os.strerror(exc.errno) if exc.errno else str(exc))
+            if self._held:
+                _close_all(self._held)
+                return True
+            self.waited += 1
+            return False
+
+    def _short(self, why: str) -> None:
+        if not self.short:
+            self.short = True
+            self._burst = (self.refused, self.waited)
+            log.error("out of file descriptors (%s): new upgrades get 503 until some are "
+                      "free; streams in flight go on (raise the limit: ulimit -n)", why)
+
+
 class Connections:
     """A server's open connections: the connection limit and the graceful drain, the same for
     every adapter. Thread-safe.
@@ -661,6 +775,8 @@ class Connections:
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
         self.accepting = True
+        #: Running out of file descriptors: see :class:`Descriptors`.
+        self.descriptors = Descriptors()
         self._open: dict[object, Post] = {}
         self._lock = threading.Lock()
         self._on_change: list[Callable[[], None]] = []
@@ -675,8 +791,10 @@ class Connections:
             return iter(list(self._open))
 
     def overloaded(self) -> bool:
-        """Whether a new upgrade is refused (503): at the limit, or draining."""
-        return not self.accepting or len(self._open) >= self.options.max_connections
+        """Whether a new upgrade is refused (503): at the limit, draining, or out of file
+        descriptors (:meth:`Descriptors.headroom`)."""
+        return (not self.accepting or len(self._open) >= self.options.max_connections
+                or not self.descriptors.headroom())
 
     def add(self, key: object, post: Post) -> None:
         with self._lock:

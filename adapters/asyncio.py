@@ -1,5 +1,6 @@
-"""The asyncio adapter: a receiver on an ``asyncio.BufferedProtocol`` (``loop.create_server``),
-and a bot client on asyncio streams.
+"""The asyncio adapter: a receiver on an ``asyncio.BufferedProtocol`` (sockets bound by
+``loop.create_server``, accepted by the server itself: out of file descriptors, see
+:class:`~._driver.Descriptors`), and a bot client on asyncio streams.
 
 The loop only moves bytes: the transport reads straight into a buffer of the server's (one per
 server, so per event loop: ``read_size`` bytes, made once and shared by all its connections,
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl as ssl_module
 import sys
 from collections import deque
@@ -34,7 +36,16 @@ from meetstream_live import (
 
 from ._bots import AsyncBotSends, client_tls, handshake_outcome
 from ._delivery import Delivery, handler_pool
-from ._driver import ConnectionDriver, Connections, ReadSizer, Step, log, now_ms
+from ._driver import (
+    ACCEPT_CAPACITY_ERRNOS,
+    ACCEPT_RETRY_DELAY,
+    ConnectionDriver,
+    Connections,
+    ReadSizer,
+    Step,
+    log,
+    now_ms,
+)
 from ._handler import HandlerFactory, ServerOptions
 from ._system import warm_up
 
@@ -364,7 +375,10 @@ class AsyncioServer:
     def __init__(self, factory: HandlerFactory, options: ServerOptions | None = None) -> None:
         self.factory = factory
         self.options = options or ServerOptions()
-        self._server: asyncio.Server | None = None
+        #: The listening sockets (bound by ``loop.create_server``, accepted by us).
+        self._listeners: list[socket.socket] = []
+        self._stopped: asyncio.Future[None] | None = None
+        self._accepts: set[asyncio.Task[None]] = set()
         #: The open connections: the limit and the drain (shared policy).
         self.connections = Connections(self.options)
         self._executor = handler_pool(self.options.handler_threads)
@@ -384,7 +398,7 @@ class AsyncioServer:
 
     @property
     def sockets(self) -> list[Any]:
-        return list(self._server.sockets) if self._server is not None else []
+        return list(self._listeners)
 
     @property
     def port(self) -> int:
@@ -407,19 +421,69 @@ class AsyncioServer:
 
         self.connections.on_change(on_change)
         kind = _connection_class(loop)
-        self._server = await loop.create_server(
-            lambda: kind(self), host, port, ssl=self.options.ssl, **kwargs
+        # create_server binds (every address of host, the kwargs); we accept, so that running
+        # out of descriptors answers 503 (asyncio's own accept only logs and waits 1 s).
+        bound = await loop.create_server(
+            lambda: kind(self), host, port, start_serving=False, **kwargs
         )
+        self._listeners = [s.dup() for s in bound.sockets]
+        bound.close()
+        self._stopped = loop.create_future()
+        for listener in self._listeners:
+            listener.setblocking(False)
+            listener.listen(kwargs.get("backlog", 100))  # start_serving would have
+            loop.add_reader(listener.fileno(), self._accept, listener, kind)
+
+    def _accept(self, listener: socket.socket, kind: type[_Connection]) -> None:
+        """The listener is readable: take what waits (at most 100 per turn of the loop)."""
+        loop = asyncio.get_running_loop()
+        for _ in range(100):
+            try:
+                sock, _address = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                capacity = exc.errno in ACCEPT_CAPACITY_ERRNOS
+                if capacity and self.connections.descriptors.accept_failed(exc):
+                    continue  # the reserve was let go: that upgrade gets 503
+                # Nothing left to let go (the connection waits in the backlog), or an error
+                # we do not know: try again a little later.
+                if not capacity:
+                    log.error("accept failed: %r", exc)
+                fd = listener.fileno()
+                loop.remove_reader(fd)
+                loop.call_later(ACCEPT_RETRY_DELAY, self._listen_again, listener, kind)
+                return
+            sock.setblocking(False)
+            task = loop.create_task(self._connect(sock, kind))
+            self._accepts.add(task)
+            task.add_done_callback(self._accepts.discard)
+
+    def _listen_again(self, listener: socket.socket, kind: type[_Connection]) -> None:
+        if self._stopped is not None and not self._stopped.done():
+            asyncio.get_running_loop().add_reader(listener.fileno(), self._accept, listener, kind)
+
+    async def _connect(self, sock: socket.socket, kind: type[_Connection]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(lambda: kind(self), sock, ssl=self.options.ssl)
+        except Exception as exc:  # a TLS handshake that failed, a peer gone already
+            log.debug("connection not set up: %r", exc)
+            sock.close()
 
     async def serve_forever(self) -> None:
-        assert self._server is not None
-        await self._server.serve_forever()
+        assert self._stopped is not None, "call start() first"
+        await asyncio.shield(self._stopped)
 
     async def shutdown(self, drain_timeout: float | None = None) -> None:
         """Stop accepting; let streams run up to ``drain_timeout``; close the rest with 1001;
         return when every handler has finished."""
-        if self._server is not None:
-            self._server.close()
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+            loop = asyncio.get_running_loop()
+            for listener in self._listeners:
+                loop.remove_reader(listener.fileno())
+                listener.close()
         for timeout in self.connections.drain(drain_timeout):
             await self._wait_empty(timeout)
         self._executor.shutdown(wait=False)  # every handler has finished

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import errno
 import selectors
 import socket
 import ssl as ssl_module
@@ -33,15 +32,21 @@ from meetstream_live import (
 )
 
 from ._bots import client_tls, handshake_outcome
-from ._driver import ConnectionDriver, Connections, ReadSizer, Step, log, now_ms
+from ._driver import (
+    ACCEPT_CAPACITY_ERRNOS,
+    ACCEPT_RETRY_DELAY,
+    ConnectionDriver,
+    Connections,
+    ReadSizer,
+    Step,
+    log,
+    now_ms,
+)
 from ._handler import HandlerFactory, ServerOptions
 from ._system import warm_up
 
 __all__ = ["SyncBot", "SyncServer", "run", "serve"]
 
-#: accept(2) errors that mean "out of resources for now": log, wait a little, go on.
-_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-_ACCEPT_RETRY_DELAY = 0.1
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -85,7 +90,11 @@ class _Connection:
 
     def run(self) -> None:
         try:
-            selector = self._selector = selectors.DefaultSelector()
+            try:
+                selector: selectors.BaseSelector = selectors.DefaultSelector()
+            except OSError:  # out of descriptors (epoll needs one): poll needs none
+                selector = selectors.PollSelector()
+            self._selector = selector
             driver = self.driver = ConnectionDriver(
                 self.options,
                 self.server.factory,
@@ -467,10 +476,12 @@ class SyncServer:
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
         except OSError as exc:
-            if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+            if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
                 raise
-            log.error("accept failed (%s); retrying in %ss", exc, _ACCEPT_RETRY_DELAY)
-            time.sleep(_ACCEPT_RETRY_DELAY)
+            # Out of descriptors: the reserve is let go and we accept again at once (that
+            # upgrade gets 503), or, with none left, the connection waits in the backlog.
+            if not self.connections.descriptors.accept_failed(exc):
+                time.sleep(ACCEPT_RETRY_DELAY)
             return
         conn = _Connection(self, sock, str(address), self.connections.overloaded())
         thread = threading.Thread(target=conn.run, name=f"meetstream-live {address}", daemon=True)

@@ -32,7 +32,16 @@ from meetstream_live import (
 
 from ._bots import AsyncBotSends, client_tls, handshake_outcome
 from ._delivery import Delivery, handler_pool
-from ._driver import ConnectionDriver, Connections, ReadSizer, Step, log, now_ms
+from ._driver import (
+    ACCEPT_CAPACITY_ERRNOS,
+    ACCEPT_RETRY_DELAY,
+    ConnectionDriver,
+    Connections,
+    ReadSizer,
+    Step,
+    log,
+    now_ms,
+)
 from ._handler import HandlerFactory, ServerOptions
 from ._system import warm_up
 
@@ -309,16 +318,16 @@ class TrioServer:
         try:
             async with trio.open_nursery() as handlers:
                 with self._accept_scope:
-                    await trio.serve_listeners(
-                        self._serve, self._listeners, handler_nursery=handlers
-                    )
+                    async with trio.open_nursery() as accepting:
+                        for listener in self._listeners:
+                            accepting.start_soon(self._accept, listener, handlers)
         finally:
             self._serving = False
 
     async def shutdown(self, drain_timeout: float | None = None) -> None:
         """Stop accepting; let streams run up to ``drain_timeout``; close the rest with 1001;
         return when every handler has finished."""
-        self._accept_scope.cancel()  # serve_listeners closes the listeners
+        self._accept_scope.cancel()  # each _accept closes its listener
         if not self._serving:
             for listener in self._listeners:
                 await listener.aclose()
@@ -341,6 +350,24 @@ class TrioServer:
                 self._changed = trio.Event()
                 continue
             await self._changed.wait()
+
+    async def _accept(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
+        """``trio.serve_listeners`` for one listener, but out of descriptors (``EMFILE``),
+        the reserve is let go and we accept again at once (that upgrade gets 503), or, with
+        none left, wait a little (the connection waits in the backlog), logged once per
+        burst (:class:`~._driver.Descriptors`). Closes the listener when cancelled."""
+        descriptors = self.connections.descriptors
+        async with listener:
+            while True:
+                try:
+                    tcp = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    if not descriptors.accept_failed(exc):
+                        await trio.sleep(ACCEPT_RETRY_DELAY)
+                    continue
+                handlers.start_soon(self._serve, tcp)
 
     async def _serve(self, tcp: trio.SocketStream) -> None:
         if not self.connections.accepting:
