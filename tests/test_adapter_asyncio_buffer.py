@@ -23,7 +23,7 @@ from websockets.sync.client import connect
 from meetstream_live import Disconnected, Event, MediaChunk, StreamStarted
 from meetstream_live.adapters import ConnectionInfo, Handler, ServerOptions
 from meetstream_live.adapters import asyncio as asyncio_adapter
-from meetstream_live.adapters._common import READ_SIZE_START
+from meetstream_live.adapters._driver import READ_SIZE_START
 from meetstream_live.adapters.asyncio import AsyncioServer, _BufferedConnection
 
 KIB = 1024

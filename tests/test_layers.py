@@ -27,7 +27,7 @@ ADAPTERS = ROOT / "adapters"
 APPLICATION = ("recording", "cli")
 #: The transports and what they share, directly in ``adapters/``.
 TRANSPORTS = ("asyncio", "sync", "trio", "asgi")
-SHARED = ("_bots", "_common", "_delivery", "_driver", "_handler", "_system", "__init__")
+SHARED = ("_bots", "_delivery", "_driver", "_handler", "_system", "__init__")
 
 
 def imports_of(path: Path, package: str) -> set[str]:

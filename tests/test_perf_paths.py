@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from meetstream_live import Disconnected, Event, MediaChunk, StreamEnded, StreamStarted
-from meetstream_live.adapters._common import ConnectionInfo, Handler, ServerOptions
+from meetstream_live.adapters import ConnectionInfo, Handler, ServerOptions
 from meetstream_live.adapters.asyncio import AsyncioBot, serve
 from meetstream_live.adapters.cli.sample import sample_bytes
 from meetstream_live.adapters.recording.durable import Chunks

@@ -113,7 +113,7 @@ def core_files() -> list[Path]:
         "from socket import socketpair",
         "from concurrent.futures import ThreadPoolExecutor",
         "from .adapters import asyncio",
-        "from .adapters._common import Handler",
+        "from .adapters._driver import ConnectionDriver",
         "from . import adapters",
         "from meetstream_live.adapters import ServerOptions",
         "import meetstream_live.adapters.asyncio",

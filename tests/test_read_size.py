@@ -11,12 +11,8 @@ from conformance.servers import Collector, running_server, tls_contexts
 from websockets.sync.client import connect
 
 from meetstream_live import Event, MediaChunk
-from meetstream_live.adapters._common import (
-    READ_SIZE_SHRINK_AFTER,
-    READ_SIZE_START,
-    ReadSizer,
-    ServerOptions,
-)
+from meetstream_live.adapters import ServerOptions
+from meetstream_live.adapters._driver import READ_SIZE_SHRINK_AFTER, READ_SIZE_START, ReadSizer
 
 KIB = 1024
 MIB = 1024 * KIB

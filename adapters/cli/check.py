@@ -23,7 +23,7 @@ from meetstream_live import (
     parse_ws_url,
 )
 from meetstream_live.adapters import HandshakeFailed
-from meetstream_live.adapters._common import now_ms
+from meetstream_live.adapters._driver import now_ms
 from meetstream_live.adapters.asyncio import AsyncioBot
 
 from .simulate import (
