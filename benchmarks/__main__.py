@@ -32,7 +32,8 @@ def _run_part(name: str, args: argparse.Namespace) -> dict[str, Any]:
         from .many import time_many
 
         ks = tuple(int(k) for k in args.k.split(",")) if args.k else None
-        result = time_many(servers, args.quick, reps, args.tmpdir, ks, args.duration)
+        result = time_many(servers, args.quick, reps, args.tmpdir, ks, args.duration,
+                           args.payload)
     else:
         from . import ceiling
 
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                         + ",".join(s.name for s in ALL_SERVERS))
     parser.add_argument("--k", help="many: comma-separated K values instead of the default")
     parser.add_argument("--duration", type=float, help="many: seconds of load per run")
+    parser.add_argument("--payload", choices=("fmp4", "random", "flood"), default="fmp4",
+                        help="many: what the bots send (real fMP4, random bytes, a box flood)")
     parser.add_argument("--tmpdir", help="where servers record (default: the system temp "
                         "dir; e.g. /dev/shm for tmpfs)")
     parser.add_argument("--docs", default=str(ROOT / "docs"), help="report: docs directory")

@@ -455,9 +455,25 @@ def run_many(a: dict[str, Any], media: Media) -> dict[str, Any]:
     }
 
 
+def payload_media(kind: str, seed: int = SEED) -> Media:
+    """What the bots send: ``fmp4`` (the real stream), ``random`` (seeded random bytes, the
+    same length: what an encoder we do not know looks like to the scanner) or ``flood``
+    (8-byte ``free`` boxes: valid framing that never completes an init segment or fragment)."""
+    media = build_media(seed)
+    if kind == "fmp4":
+        return media
+    if kind == "random":
+        rng = random.Random(seed)
+        return Media(rng.randbytes(len(media.init)), rng.randbytes(len(media.ring)))
+    if kind == "flood":
+        box = struct.pack(">I4s", 8, b"free")
+        return Media(box * (len(media.init) // 8), box * (len(media.ring) // 8))
+    raise ValueError(f"unknown payload {kind!r}")
+
+
 def main(argv: list[str]) -> int:
     args: dict[str, Any] = json.loads(argv[0])
-    media = build_media(int(args.get("seed", SEED)))
+    media = payload_media(str(args.get("payload", "fmp4")), int(args.get("seed", SEED)))
     result = run_flat(args, media) if args["mode"] == "flat" else run_many(args, media)
     json.dump(result, sys.stdout)
     return 0

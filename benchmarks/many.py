@@ -30,7 +30,7 @@ def holds(row: dict[str, Any]) -> bool:
 
 def time_many(
     servers: list[str] | None, quick: bool, reps: int, tmp_root: str | None,
-    ks: tuple[int, ...] | None = None, duration: float | None = None,
+    ks: tuple[int, ...] | None = None, duration: float | None = None, payload: str = "fmp4",
 ) -> dict[str, Any]:
     specs = [s for s in ALL_SERVERS if servers is None or s.name in servers]
     skipped = {s.name: why for s in specs if (why := available(s)) is not None}
@@ -44,14 +44,14 @@ def time_many(
             for spec in specs:
                 args = {"mode": "many", "bots": k, "chunk": 32 * KIB, "rate_bps": BITRATE_BPS,
                         "duration": seconds, "ping_interval": 1.0, "seed": 1000 * k + rep,
-                        "id_prefix": f"k{k}r{rep}b"}
+                        "id_prefix": f"k{k}r{rep}b", "payload": payload}
                 try:
                     result = measure(spec, args, tmp_root=tmp_root, timeout=seconds + 600)
                 except Exception as exc:  # a server that falls over is a result too
                     log(f"many K={k} {spec.name} rep {rep + 1}: FAILED {exc}")
                     continue
                 runs[spec.name].append(result)
-                log(f"many K={k} {spec.name} rep {rep + 1}: "
+                log(f"many K={k} {payload} {spec.name} rep {rep + 1}: "
                     f"{result['achieved_mbps']:.1f}/{result['offered_mbps']:.1f} MB/s, "
                     f"p99 {result['rtt_ms']['p99']:.1f} ms, pongs {result['pongs']}/"
                     f"{result['pings']}, lost {result['bytes_lost']}, "
@@ -62,7 +62,8 @@ def time_many(
                 rows.append({"server": name, "k": k, "failed": True})
                 continue
             row = {
-                "server": name, "k": k, "duration": seconds, "runs": len(results),
+                "server": name, "k": k, "payload": payload, "duration": seconds,
+                "runs": len(results),
                 "offered_mbps": results[0]["offered_mbps"],
                 "achieved_mbps": median([r["achieved_mbps"] for r in results]),
                 # Bytes written / bytes due by the schedule in the window (same run).
@@ -89,6 +90,6 @@ def time_many(
         best[spec.name] = max(held) if held else None
     return {
         "reps": reps, "ks": list(ks), "duration": seconds, "chunk": 32 * KIB,
-        "bitrate_bps": BITRATE_BPS, "p99_limit_ms": P99_LIMIT_MS, "rows": rows,
+        "bitrate_bps": BITRATE_BPS, "payload": payload, "p99_limit_ms": P99_LIMIT_MS, "rows": rows,
         "max_k_held": best, "skipped": skipped,
     }

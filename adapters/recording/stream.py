@@ -175,6 +175,13 @@ class Stream:
         self.init: InitSegment | None = None
         self._video: tuple[int, int] | None = None  # (id of the tracks tuple, video track id)
         self.init_checked = False
+        #: The first box was neither ``ftyp``/``moov`` nor media (``free``, ``styp``...): its
+        #: type, said (``no_init_segment``) at the next init segment or ``moof`` or at the end,
+        #: or folded into the one warning of a stream that goes plain.
+        self.odd_first: str | None = None
+        #: The scanner gave up (a fatal framing error, too many boxes, garbage): the rest of
+        #: the stream is plain bytes, recorded on the cheapest path (no scanning at all).
+        self.plain = False
         self.rotation_blocked = False
         self.collecting_init = True  # before the first moof / after a new ftyp or moov
         self.position = 0  # stream offset of the next byte to arrive
@@ -273,6 +280,13 @@ class Stream:
         """The next bytes of the stream."""
         start = self.position
         self.position = start + len(data)
+        if self.plain and not self.tail and self.state is StreamState.RECORDING:
+            # Plain bytes (the scanner gave up, said once): nothing to look for in them.
+            model = self.part
+            assert model is not None
+            model.size += len(data)
+            self._emit(Chunk(model.part, start + self.delta, data, self.info.backlog))
+            return
         events = self.scanner.feed(data)
         box_end = self.box_end
         if self.state is StreamState.DECIDING:
@@ -379,6 +393,8 @@ class Stream:
         model = self.part
         assert model is not None
         self.collecting_init = False
+        if self.odd_first is not None:
+            self._no_init(self.odd_first)
         self.init = event
         model.completeness.add(event)
         model.boundary = event.offset + event.size + self.delta
@@ -388,8 +404,21 @@ class Stream:
         model = self.part
         assert model is not None
         model.completeness.add(event)
-        kind = "malformed_fmp4" if event.fatal else "fmp4_problem"
-        self.warn(kind, f"at byte {event.offset}: {event.reason}")
+        if not event.fatal:
+            self.warn("fmp4_problem", f"at byte {event.offset}: {event.reason}")
+            return
+        message = f"at byte {event.offset}: {event.reason}"
+        if not self.scanner.closed:
+            # The one warning of a stream that is not (or no longer) fMP4: what follows is
+            # recorded as it comes, byte for byte, without a scan or a warning per chunk.
+            self.plain = True
+            self.init_checked = True
+            first, self.odd_first = self.odd_first, None
+            if self.init is None:
+                message += (" (no init segment before it" + (f"; first box {first!r}" if first
+                                                           else "") + ")")
+            message += "; the rest of the stream is recorded as plain bytes"
+        self.warn("malformed_fmp4", message)
 
     def _box(self, event: BoxSeen) -> bool | None:
         """A top-level box begins: does a new part start at it? ``None``: no; else whether
@@ -397,11 +426,12 @@ class Stream:
         self.box_end = None if event.size is None else event.offset + event.size
         if not self.init_checked:
             self.init_checked = True
-            if event.type not in ("ftyp", "moov"):
-                self.warn(
-                    "no_init_segment",
-                    f"stream does not start with ftyp+moov (first box: {event.type!r})",
-                )
+            if event.type in ("moof", "mdat"):
+                self._no_init(event.type)
+            elif event.type not in ("ftyp", "moov"):
+                self.odd_first = event.type  # said at a moof, the end, or the give-up
+        elif self.odd_first is not None and event.type == "moof" and self.init is None:
+            self._no_init(self.odd_first)
         new_init = event.type in ("ftyp", "moov") and not self.collecting_init
         if event.type == "moof":
             self.collecting_init = False
@@ -417,6 +447,10 @@ class Stream:
             # which starts with it and so plays on its own.
             return True
         return None
+
+    def _no_init(self, first: str) -> None:
+        self.odd_first = None
+        self.warn("no_init_segment", f"stream does not start with ftyp+moov (first box: {first!r})")
 
     def _plan_cut(self, model: PartModel, cut: int) -> None:
         """The part is long enough: it ends at ``cut``, once a next box shows there is more
@@ -618,6 +652,8 @@ class Stream:
             self._take(b"", self.position, [], final=True)
         if not self.init_checked and self.position > 0:
             self.warn("no_init_segment", "stream ended before a complete first box")
+        elif self.odd_first is not None and self.init is None:
+            self._no_init(self.odd_first)
         model = self.part
         assert model is not None
         self.state = advance(STREAM, self.state, StreamInput.ENDED)
