@@ -331,12 +331,22 @@ class ServerSpec:
     kind: str  # "ours" or "peer"
     adapter: str = ""
     workers: int = 0  # ours: ``serve --workers N`` (0: the option is not given)
+    #: ours: ``dev`` (this venv: every extra) or ``plain`` (``pip install .``, no extra).
+    install: str = "dev"
 
     def command(self, port: int, output: Path) -> tuple[list[str], dict[str, str]]:
         env = dict(os.environ)
         if self.kind == "ours":
+            program = venv_bin("meetstream-live")
+            if self.install == "plain":
+                from .receivers import plain_install
+
+                bindir = plain_install()
+                assert isinstance(bindir, Path), bindir
+                program = str(bindir / "meetstream-live")
+                env.pop("PYTHONPATH", None)
             argv = [
-                venv_bin("meetstream-live"), "serve", "--adapter", self.adapter,
+                program, "serve", "--adapter", self.adapter,
                 "--host", "127.0.0.1", "--port", str(port), "--output", str(output),
                 "--log-level", "warning", "--drain-timeout", "5s",
             ]
@@ -348,6 +358,16 @@ class ServerSpec:
             return [sys.executable, str(PEERS / "websockets_receiver.py")], env
         if self.name == "peer-ws-node":
             return [shutil.which("node") or "node", str(PEERS / "ws_receiver.mjs")], env
+        if self.name == "peer-picows":
+            return [sys.executable, str(PEERS / "picows_receiver.py")], env
+        if self.name.startswith("peer-doc-"):
+            from .receivers import doc_peer
+
+            sample = doc_peer(self.name)
+            assert isinstance(sample, Path), sample
+            if self.name == "peer-doc-node":
+                return [shutil.which("node") or "node", str(sample)], env
+            return [sys.executable, str(sample)], env
         raise ValueError(self.name)
 
 
@@ -356,8 +376,15 @@ OURS = tuple(
 )
 #: ``serve --adapter asyncio --workers 2``: two processes sharing the port (SO_REUSEPORT).
 OURS_WORKERS = (ServerSpec("ours-asyncio-w2", "ours", "asyncio", workers=2),)
-PEERS_SPECS = (ServerSpec("peer-websockets", "peer"), ServerSpec("peer-ws-node", "peer"))
-ALL_SERVERS = OURS + OURS_WORKERS + PEERS_SPECS
+#: ``pip install .`` with no extra, in a venv the benchmark makes (:mod:`.receivers`).
+OURS_PLAIN = (ServerSpec("ours-plain-asyncio", "ours", "asyncio", install="plain"),)
+PEERS_SPECS = (
+    ServerSpec("peer-websockets", "peer"), ServerSpec("peer-ws-node", "peer"),
+    ServerSpec("peer-picows", "peer"),
+    # The protocol document's own samples, verbatim, extracted at run time.
+    ServerSpec("peer-doc-websockets", "peer"), ServerSpec("peer-doc-node", "peer"),
+)
+ALL_SERVERS = OURS + OURS_PLAIN + OURS_WORKERS + PEERS_SPECS
 
 
 def available(spec: ServerSpec) -> str | None:
@@ -374,11 +401,30 @@ def available(spec: ServerSpec) -> str | None:
             import trio  # noqa: F401
         except ImportError:
             return "trio not installed"
-    if spec.name == "peer-websockets":
+    if spec.install == "plain":
+        from .receivers import plain_install
+
+        made = plain_install()
+        if not isinstance(made, Path):
+            return made
+    if spec.name in ("peer-websockets", "peer-doc-websockets"):
         try:
             import websockets  # noqa: F401
         except ImportError:
             return "websockets not installed"
+    if spec.name == "peer-picows":
+        try:
+            import picows  # noqa: F401
+        except ImportError:
+            return "picows not installed (pip install 'meetstream-live[bench]')"
+    if spec.name.startswith("peer-doc-"):
+        from .receivers import doc_peer
+
+        sample = doc_peer(spec.name)
+        if not isinstance(sample, Path):
+            return sample
+        if spec.name == "peer-doc-node" and shutil.which("node") is None:
+            return "node not found"
     if spec.name == "peer-ws-node":
         if shutil.which("node") is None:
             return "node not found"
