@@ -4,7 +4,7 @@ The one exception to the core's rule that it never reaches an adapter, and why i
 Python runs this file only for ``python -m meetstream_live`` (when the program is wanted,
 not the library); nothing imports it, so ``import meetstream_live`` still loads no adapter,
 no event loop, no I/O. It hands over to the command line by name (``runpy``) instead of
-importing it, and does nothing else. ``tests/test_purity.py`` and ``tests/test_layers.py``
+importing it, and does nothing else. ``tests/core/test_purity.py`` and ``tests/test_layers.py``
 allow exactly this file and exactly this hand-over.
 """
 

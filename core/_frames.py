@@ -40,7 +40,7 @@ Guard. We read and write wsproto internals (``Connection._proto``, its ``_frame_
 ``_message_decoder``), so :func:`fast_lane` checks them on every new connection, together with
 the wsproto version (:data:`WSPROTO_TESTED`): on any mismatch it warns (a ``RuntimeWarning``,
 shown once per process under the default filters) and the connection takes the stock path.
-``tests/test_fastpath.py`` checks that both paths give identical events and bytes for any
+``tests/core/test_fastpath.py`` checks that both paths give identical events and bytes for any
 stream of valid and invalid frames, split anywhere.
 """
 

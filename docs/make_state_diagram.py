@@ -2,7 +2,7 @@
 
 The session diagram is drawn from ``meetstream_live.TRANSITIONS``, the table the session itself
 uses. ``ServerConnection`` has no such table (its state changes inline in ``_server.py``), so
-its edges are written down here as data, in :data:`CONNECTION_EDGES`; ``tests/test_docs.py``
+its edges are written down here as data, in :data:`CONNECTION_EDGES`; ``tests/docs/test_docs.py``
 drives real connections through every reachable state change and fails if this list and the
 code disagree.
 

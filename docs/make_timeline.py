@@ -4,7 +4,7 @@ The bundled sample is recorded through the real :class:`Recorder` (a fixed clock
 second with a measured latency, a clean end), then the file is read back with the fMP4 scanner
 and drawn with its sidecar: one bar per fragment along the media time (its height the
 fragment's size, dark when it starts with a keyframe), the pings under it, and what the
-sidecar says. ``tests/test_timeline_picture.py`` draws it again and compares.
+sidecar says. ``tests/docs/test_timeline_picture.py`` draws it again and compares.
 
 Usage::
 

@@ -7,7 +7,7 @@
         page = await b.new_page()
 
 What this Chromium can decode (H.264 in MP4 and through MSE, and the rest) is measured by
-tests/test_services.py and written down in README.md.
+tests/services/test_services.py and written down in README.md.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from meetstream_live import (
     ServerConnection,
 )
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 SCRIPT = DOCS / "make_state_diagram.py"
 EXAMPLE = DOCS / "examples" / "drive_the_core.py"
 TIMEOUT = 5.0

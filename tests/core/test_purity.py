@@ -19,7 +19,7 @@ import pytest
 import meetstream_live
 from meetstream_live import Event, LocalProtocolError, MeetStreamError
 
-CORE = Path(__file__).resolve().parent.parent / "core"
+CORE = Path(__file__).resolve().parents[2] / "core"
 
 #: Modules that do I/O, keep time or draw randomness.
 FORBIDDEN_MODULES = frozenset(

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from media import Media, decodable_frames, probe
 from prometheus_client.parser import text_string_to_metric_families
-from recording.faults import FaultyDisk
 
 from meetstream_live import (
     Disconnected,
@@ -43,6 +42,7 @@ from meetstream_live.adapters.recording import (
 )
 from meetstream_live.adapters.recording.metrics import HTTP_PATHS, Metrics
 from meetstream_live.adapters.recording.names import MAX_NAME_BYTES, MAX_NAME_CHARS, safe_name
+from recording.faults import FaultyDisk
 
 INFO = ConnectionInfo("127.0.0.1:5555", "/", "", (), False)
 #: 2026-11-25 14:05:02.123 UTC

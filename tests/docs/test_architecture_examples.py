@@ -22,7 +22,7 @@ from meetstream_live.adapters import ConnectionInfo, Handler, ServerOptions
 from meetstream_live.adapters.recording import Recorder
 from meetstream_live.fmp4 import Fmp4Scanner, FragmentComplete
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def load(name: str) -> ModuleType:

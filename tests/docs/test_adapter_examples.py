@@ -24,7 +24,7 @@ from websockets.sync.client import connect
 
 import meetstream_live
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 ADAPTERS = ["asyncio", "sync", "trio", "asgi"]
 TIMEOUT = 5.0
 #: A few hundred KB of media, in several messages, no two alike.

@@ -28,7 +28,6 @@ from media import (
     probe,
     rebuild,
 )
-from recording.faults import FaultyDisk
 
 from meetstream_live import Disconnected, LatencyPing, MediaChunk, StreamEnded, StreamStarted
 from meetstream_live.adapters import ConnectionInfo
@@ -44,6 +43,7 @@ from meetstream_live.adapters.recording.recorder import (
     recover,
 )
 from meetstream_live.adapters.recording.verify import verify_file
+from recording.faults import FaultyDisk
 
 INFO = ConnectionInfo("127.0.0.1:5555", "/", "", (), False)
 T0 = 1_795_615_502_123

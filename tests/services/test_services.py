@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from media import Media
+
 from services import (
     artifacts_dir,
     backend_server,
