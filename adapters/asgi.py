@@ -98,7 +98,6 @@ from meetstream_live import (
 from ._delivery import Delivery, handler_pool
 from ._driver import Connections, MessageDriver, MessageStep, answer_http, log, observe
 from ._handler import HandlerFactory, ServerOptions
-from .asyncio import watch_changes
 
 __all__ = ["RECOMMENDED_MAX_MESSAGE_SIZE", "ASGIApp", "Receive", "Scope", "Send"]
 
@@ -220,7 +219,14 @@ class ASGIApp:
     def _watch(self) -> asyncio.Event:
         """An event set whenever a connection ends (made on the app's loop, once)."""
         if self._changed is None:
-            self._changed = watch_changes(self.connections)
+            loop = asyncio.get_running_loop()
+            changed = self._changed = asyncio.Event()
+
+            def on_change() -> None:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(changed.set)
+
+            self.connections.on_change(on_change)
         return self._changed
 
     # ------------------------------------------------------------------ scopes

@@ -413,7 +413,13 @@ class AsyncioServer:
         keyword arguments go to ``loop.create_server`` (e.g. ``reuse_port=True``)."""
         warm_up("asyncio", self.options.config.unmask)
         loop = asyncio.get_running_loop()
-        self._changed = watch_changes(self.connections)
+        changed = self._changed = asyncio.Event()
+
+        def on_change() -> None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(changed.set)
+
+        self.connections.on_change(on_change)
         kind = _connection_class(loop)
         # create_server binds (every address of host, the kwargs); we accept, so that running
         # out of descriptors answers 503 (asyncio's own accept only logs and waits 1 s).
@@ -598,20 +604,6 @@ class AsyncioBot(AsyncBotSends):
         """Drop the TCP connection at once (a bot that vanishes)."""
         self._writer.transport.abort()
 
-
-
-def watch_changes(connections: Connections) -> asyncio.Event:
-    """An event set on the running loop whenever a connection ends (from any thread); the
-    waiter clears it. Shared by the asyncio and ASGI servers' drains."""
-    loop = asyncio.get_running_loop()
-    changed = asyncio.Event()
-
-    def on_change() -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            loop.call_soon_threadsafe(changed.set)
-
-    connections.on_change(on_change)
-    return changed
 
 def run(
     factory: HandlerFactory,
