@@ -30,7 +30,7 @@ from meetstream_live.adapters.recording.hooks import (
 from meetstream_live.adapters.recording.metrics import HTTP_PATHS, Metrics
 from meetstream_live.adapters.recording.partfiles import PathTemplate
 from meetstream_live.adapters.recording.recorder import Recorder
-from meetstream_live.adapters.recording.recovery import recover
+from meetstream_live.adapters.recording.recovery import recover, resumable_sessions
 from meetstream_live.adapters.recording.sinks import Sink
 
 from .features import ServeContext, load_features
@@ -475,6 +475,7 @@ def serve(settings: Settings, environ: Mapping[str, str], *, worker: int = 0,
             http_paths=HTTP_PATHS | HEALTH_PATHS | exact,
             http_prefixes=prefixes,
             viewer_paths=tuple(context.viewer_paths),
+            viewer_token=settings.get("viewer_token"),
             handshake_timeout_ms=int(settings.handshake_timeout * 1000),
             idle_timeout_ms=(
                 None if settings.idle_timeout is None else int(settings.idle_timeout * 1000)
@@ -493,11 +494,14 @@ def serve(settings: Settings, environ: Mapping[str, str], *, worker: int = 0,
         sinks: list[Sink] = [HookSink(runner)] if runner is not None else []
         if hooks.starts():
             sinks.append(StartHookSink(hooks, metrics))
+        grace = settings.reconnect_grace or 0.0
         recorder = Recorder(
             output, rotate_every=settings.rotate_every, metrics=metrics,
-            reconnect_grace=settings.reconnect_grace or 0.0, index=settings.index,
+            reconnect_grace=grace, index=settings.index,
             disk_guard=guard, journal=journal if names else None,
             sinks=sinks + context.sinks, path_template=settings.path_template,
+            # What the recovery just closed: bots reconnecting continue their sessions.
+            resumable=resumable_sessions(output, within=grace),
         )
         factory: HandlerFactory = metrics.track(recorder)
         if settings.proxy_headers:

@@ -38,7 +38,7 @@ from .durable import JOIN_BELOW, REAL_DISK, Disk, dumps_json, errno_name, reopen
 from .finalize import Finalizer
 from .meter import fragment_entry
 from .metrics import Metrics
-from .partfiles import PartFile, PathTemplate, SessionFiles
+from .partfiles import PartFile, PathTemplate, ResumedSession, SessionFiles
 from .sidecar import MAX_HOLES, FileFacts, build_sidecar
 from .sinks import (
     Chunk,
@@ -133,6 +133,7 @@ class FileSink(Sink):
         self._lock = threading.Lock()
         self._parts: dict[int, PartFile] = {}
         self._sessions: dict[int, SessionFiles] = {}
+        self._adopted: dict[int, ResumedSession] = {}  # sessions continuing a crashed one
         self._writers = 0
         self._sinks: SinkSet | None = None
         self._unsettled: set[int] = set()  # parts closed, not finalized yet
@@ -217,13 +218,19 @@ class FileSink(Sink):
 
     # ------------------------------------------------------------------ parts
 
+    def adopt(self, session: int, resumed: ResumedSession) -> None:
+        """Session ``session`` (:attr:`Part.session`) continues ``resumed``: its parts go on
+        in that session's directory and manifest. Called before its first part is opened."""
+        with self._lock:
+            self._adopted[session] = resumed
+
     def _session(self, part: Part) -> SessionFiles:
         with self._lock:
             session = self._sessions.get(part.session)
             if session is None:
                 session = self._sessions[part.session] = SessionFiles(
                     self.root, part, rotating=self.rotating, disk=self.disk,
-                    layout=self.layout)
+                    layout=self.layout, resumed=self._adopted.pop(part.session, None))
             return session
 
     def forget(self, pf: PartFile) -> None:

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import string
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -33,8 +34,8 @@ from .sidecar import SIDECAR_VERSION, FileFacts, FinishedRecording, StreamFacts
 from .sinks import Part
 from .states import FILE, FileInput, FileState, advance
 
-__all__ = ["TEMPLATE_FIELDS", "Announced", "PartFile", "PathTemplate", "SessionFiles",
-           "part_directory"]
+__all__ = ["TEMPLATE_FIELDS", "Announced", "PartFile", "PathTemplate", "ResumedSession",
+           "SessionFiles", "part_directory"]
 
 log = logging.getLogger("meetstream_live.recorder")
 
@@ -192,11 +193,36 @@ class PartFile:
         return self.session.directory / f"{self.stem}{suffix}"
 
 
+@dataclass(frozen=True)
+class ResumedSession:
+    """A session the process before this one was recording when it died, as its manifest says
+    once :func:`~.recovery.recover` closed it: a reconnect of its bot continues it in the same
+    directory as the next numbered part (see :func:`~.recovery.resumable_sessions`)."""
+
+    key: tuple[str, str]
+    manifest: Path
+    started_ms: int
+    connections: int
+    #: The manifest's parts by number (their entries, as written).
+    entries: dict[int, dict[str, Any]]
+
+    @property
+    def base(self) -> str:
+        return self.manifest.name.removesuffix(".session.json")
+
+    @property
+    def next_number(self) -> int:
+        return max(self.entries, default=0) + 1
+
+
 class SessionFiles:
-    """The files of one session: its names, its manifest, its parts' announcement order."""
+    """The files of one session: its names, its manifest, its parts' announcement order.
+    ``resumed``: the session continues one a crash interrupted (its directory, names and
+    parts so far)."""
 
     def __init__(self, root: Path, part: Part, *, rotating: bool, disk: Disk,
-                 layout: PathTemplate | None = None) -> None:
+                 layout: PathTemplate | None = None,
+                 resumed: ResumedSession | None = None) -> None:
         self.id = part.session
         self.key = part.key
         self.root = root
@@ -221,6 +247,14 @@ class SessionFiles:
         self._ready: dict[int, Announced | None] = {}
         self.logged = False  # a manifest error was logged
         self.gone: set[int] = set()  # parts that ended without a file
+        if resumed is not None:
+            self.directory = inside(root, resumed.manifest.parent)
+            self.made = True
+            self.base = resumed.base
+            self.started_ms = resumed.started_ms
+            self.connections = resumed.connections
+            self.entries = {n: dict(e) for n, e in resumed.entries.items()}
+            self._next = resumed.next_number
 
     @property
     def manifest_path(self) -> Path | None:

@@ -18,6 +18,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,12 +29,13 @@ from .meter import TRUNCATED, MediaMeter, fragment_entry, track_ends, worst
 from .metrics import Metrics
 from .mp4index import finish_index
 from .names import iso
+from .partfiles import ResumedSession
 from .sidecar import SIDECAR_VERSION, FinishedRecording, skeleton
 
 if TYPE_CHECKING:
     from .hooks import Journal
 
-__all__ = ["load_json", "recover"]
+__all__ = ["load_json", "recover", "resumable_sessions"]
 
 log = logging.getLogger("meetstream_live.recorder")
 
@@ -300,3 +302,54 @@ def _recover_one(
                "bot_id": document.get("bot_id")},
     )
     return recording
+
+
+def _ms(text: object) -> int | None:
+    """Unix ms of one of our ISO 8601 stamps (:func:`~.names.iso`); ``None`` if it is not."""
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return None if moment.tzinfo is None else int(moment.timestamp() * 1000)
+
+
+def resumable_sessions(
+    output_dir: str | os.PathLike[str], *, within: float, clock: Callable[[], int] = _wall_ms,
+) -> dict[tuple[str, str], ResumedSession]:
+    """The sessions :func:`recover` closed less than ``within`` seconds ago (the reconnect
+    grace), by ``(bot_id, speaker)``: a :class:`~.sessions.Recorder` given them continues each
+    when its bot reconnects after the restart, as the next numbered part of the same session,
+    instead of starting a new one. Where one key has several, the latest started wins."""
+    found: dict[tuple[str, str], ResumedSession] = {}
+    if within <= 0:
+        return found
+    root = Path(output_dir).resolve()
+    now = clock()
+    oldest = now - int(within * 1000)
+    for path in root.rglob("*.session.json"):
+        try:
+            if path.stat().st_mtime * 1000 < oldest:
+                continue  # not rewritten since before the window: not recovered in it
+        except OSError:
+            continue
+        document = load_json(path)
+        if document is None or document.get("state") != "recovered":
+            continue
+        recovered = _ms(document.get("recovered_at"))
+        started = _ms(document.get("started_at"))
+        bot_id, speaker = document.get("bot_id"), document.get("speaker")
+        parts = document.get("parts")
+        if (recovered is None or recovered < oldest or started is None
+                or not isinstance(bot_id, str) or not isinstance(parts, list)):
+            continue
+        entries = {e["part"]: e for e in parts
+                   if isinstance(e, dict) and isinstance(e.get("part"), int)}
+        connections = document.get("connections")
+        key = (bot_id, speaker if isinstance(speaker, str) else "")
+        if key in found and found[key].started_ms >= started:
+            continue
+        found[key] = ResumedSession(
+            key, path, started, connections if isinstance(connections, int) else 1, entries)
+    return found

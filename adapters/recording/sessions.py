@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,7 @@ from .durable import REAL_DISK, Disk
 from .filesink import DEFAULT_BUFFER_SIZE, FileSink
 from .hooks import CallbackSink, FinishCallback
 from .metrics import Metrics
-from .partfiles import PathTemplate
+from .partfiles import PathTemplate, ResumedSession
 from .sidecar import end_reason, peer_text
 from .sinks import Part, PartClosed, Sink, SinkSet
 from .states import SESSION, PartInput, SessionInput, SessionState, advance
@@ -146,6 +146,13 @@ class Session:
             self.recorder.metrics.streams_active.inc()
         return PartModel(part, start, info)
 
+    def adopt(self, resumed: ResumedSession) -> None:
+        """Continue a session a crash interrupted: its next part number, start, connections."""
+        self.next_number = resumed.next_number
+        self.started_ms = resumed.started_ms
+        self.connections = resumed.connections
+        self.recorder.files.adopt(self.id, resumed)
+
     def part_closed(self, model: PartModel) -> None:
         if self.recorder.metrics is not None:
             self.recorder.metrics.streams_active.dec()
@@ -232,7 +239,10 @@ class Recorder:
     the hook journal, written before each part is committed. ``sinks``: more consumers of
     every stream (see :mod:`.sinks`), after the file sink. ``disk``: the file operations
     (tests inject faults). ``path_template``: where recordings go below ``output_dir``
-    (:class:`~.partfiles.PathTemplate`; ``ValueError`` if it is wrong). The recorder does
+    (:class:`~.partfiles.PathTemplate`; ``ValueError`` if it is wrong). ``resumable``:
+    sessions the previous process was recording when it died
+    (:func:`~.recovery.resumable_sessions`): a bot reconnecting within ``reconnect_grace`` of
+    the recorder's start continues its session as the next part. The recorder does
     no I/O itself: its :class:`~.filesink.FileSink` does, in threads of its own.
     """
 
@@ -253,6 +263,7 @@ class Recorder:
         disk: Disk = REAL_DISK,
         retry_interval: float = 5.0,
         path_template: str | None = None,
+        resumable: Mapping[tuple[str, str], ResumedSession] | None = None,
     ) -> None:
         if rotate_every is not None and rotate_every <= 0:
             raise ValueError("rotate_every must be positive")
@@ -280,6 +291,8 @@ class Recorder:
         self.sinks.start()
         self._lock = threading.Lock()
         self._sessions: dict[tuple[str, str], Session] = {}
+        self._resumable = dict(resumable or {})
+        self._resumable_until = time.monotonic() + reconnect_grace
 
     def __call__(self, info: ConnectionInfo) -> RecordingHandler:
         from .handler import RecordingHandler
@@ -299,15 +312,26 @@ class Recorder:
             with self._lock:
                 session = self._sessions.get(key) if key is not None else None
                 fresh = session is None
+                resumed = None
                 if session is None:
                     session = Session(self, key)
                     if key is not None:
                         self._sessions[key] = session
+                        resumed = self._resumed(key)
+                        if resumed is not None:
+                            session.adopt(resumed)
             with session.lock:
                 if session.over:  # ended while we waited for its lock: take a new one
                     continue
                 session.connections += 1
-                if fresh:
+                if resumed is not None:
+                    log.info("bot %s speaker %r: continuing the session of %s (interrupted "
+                             "by a restart) as part %d", resumed.key[0], resumed.key[1],
+                             resumed.manifest.name, resumed.next_number,
+                             extra={"event": "session_resumed", "bot_id": resumed.key[0],
+                                    "speaker": resumed.key[1], "part": resumed.next_number})
+                    stream = Stream(self, session, info, start, why="reconnect")
+                elif fresh:
                     stream = Stream(self, session, info, start)
                 elif session.active is not None:
                     self._supersede(session, session.active)
@@ -318,6 +342,15 @@ class Recorder:
                 session.active = stream
                 stream.publish()
                 return stream
+
+    def _resumed(self, key: tuple[str, str]) -> ResumedSession | None:
+        """The crashed session ``key`` continues, once, within the grace after the start."""
+        if not self._resumable:
+            return None
+        if time.monotonic() >= self._resumable_until:
+            self._resumable.clear()
+            return None
+        return self._resumable.pop(key, None)
 
     def _supersede(self, session: Session, old: Stream) -> None:
         """A newer connection for the same key: close the old one's part, ignore the rest
