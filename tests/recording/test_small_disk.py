@@ -133,7 +133,7 @@ def test_two_bots_on_a_small_disk(small_disk: Path, big_media: bytes, guarded: b
     assert not list(small_disk.rglob("*.part")) and not list(small_disk.rglob("*.tmp"))
     init_end, spans = fragment_spans(big_media)
     boundaries = {init_end, *(a + b for a, b in spans)}
-    lost = 0
+    lost = frames = 0
     for bot_id in ("bot-a", "bot-b"):
         (media,) = (small_disk / bot_id).glob("*.mp4")
         doc = json.loads(media.with_suffix(".json").read_text())
@@ -145,10 +145,13 @@ def test_two_bots_on_a_small_disk(small_disk: Path, big_media: bytes, guarded: b
         assert ("disk_low" if guarded else "disk_full") in [w["kind"] for w in doc["warnings"]]
         assert len(body) in boundaries and big_media.startswith(body)  # cut at a fragment
         assert verify_file(media).verdict == "complete"  # what is in the file is whole
-        assert decodable_frames(body) > 0
+        # Which bot the space went to is a race: one of them may have kept its init segment
+        # only (it plays nothing, and its sidecar says so); between them they kept frames.
+        frames += decodable_frames(body)
         assert doc["verdict"] == "truncated" and doc["end_reason"] == "stream_end"
         lost += doc["lost_bytes"]
         manifest = json.loads(next((small_disk / bot_id).glob("*.session.json")).read_text())
         assert manifest["state"] == "finished"
+    assert frames > 0
     kept = 2 * len(big_media) - lost
     assert kept <= 24 * MIB - (4 * MIB if guarded else 0)  # the guard kept its watermark
