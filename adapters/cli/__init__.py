@@ -428,6 +428,10 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
 
     add_upload_command(commands, _Help)
 
+    from .bus import add_consume_command
+
+    add_consume_command(commands, _Help)
+
     bot = commands.add_parser(
         "create-bot", help="ask the MeetStream API for a bot that streams to your receiver",
         formatter_class=_Help,
@@ -470,6 +474,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .upload import upload_command
 
             return upload_command(args, environ)
+        if args.command == "consume":
+            from .bus import consume_command
+
+            return consume_command(args, environ)
         if args.command in ("simulate", "check"):
             args.token = args.token or environ.get("MEETSTREAM_LIVE_TOKEN") or None
             return _simulate(args) if args.command == "simulate" else _check(args)

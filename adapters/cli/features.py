@@ -76,6 +76,7 @@ class Feature:
 #: feature's dependencies load only where it is used).
 FEATURES: tuple[str, ...] = (
     ".upload:UPLOAD",
+    ".bus:BUS",
 )
 
 
