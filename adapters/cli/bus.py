@@ -191,7 +191,8 @@ def add_consume_command(commands: Any, formatter: type[argparse.HelpFormatter]) 
 
 def consume_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     _require_nats()
-    from meetstream_live.adapters.recording.bus import BusConfig, rebuild
+    from meetstream_live.adapters.recording.bus import BusConfig, BusError, rebuild
+    from meetstream_live.adapters.recording.bus.publisher import connect_once
 
     try:
         url = nats_url(args.url)
@@ -202,12 +203,10 @@ def consume_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int
     output = Path(args.output)
 
     async def run() -> Any:
-        import nats
-
         try:
-            nc = await nats.connect(**{**config.connect_options(), "allow_reconnect": False})
-        except Exception as exc:
-            raise UsageError(f"consume: cannot connect to {url}: {exc}") from None
+            nc = await connect_once(config)
+        except BusError as exc:
+            raise UsageError(f"consume: {exc}") from None
         try:
             with open(output, "w+b") as out:
                 return await rebuild(nc.jetstream(), args.bot, args.speaker, out,

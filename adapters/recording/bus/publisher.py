@@ -40,7 +40,7 @@ from .subjects import (
     StreamLimits,
 )
 
-__all__ = ["BusConfig", "BusError", "Outgoing", "Publisher"]
+__all__ = ["BusConfig", "BusError", "Outgoing", "Publisher", "connect_once"]
 
 log = logging.getLogger("meetstream_live.bus")
 
@@ -182,24 +182,16 @@ class Publisher:
         async def error(exc: Exception) -> None:
             log.debug("nats: %r", exc)
 
-        errors: list[Exception] = []
-
-        async def failed(exc: Exception) -> None:
-            errors.append(exc)
-
-        options = self.config.connect_options()
         try:
-            # Once without reconnecting, to fail fast with the reason (nats-py's first connect
-            # retries forever with max_reconnect_attempts=-1); then the connection that stays.
-            probe = await nats.connect(**{**options, "max_reconnect_attempts": 1,
-                                          "reconnect_time_wait": 0.2}, error_cb=failed)
+            # Once without retrying, to fail fast with the reason (nats-py's first connect
+            # retries as often as it reconnects: forever here); then the connection that stays.
+            probe = await connect_once(self.config)
             await probe.close()
             self._nc = await nats.connect(
-                **options, disconnected_cb=disconnected, reconnected_cb=reconnected,
-                error_cb=error)
+                **self.config.connect_options(), disconnected_cb=disconnected,
+                reconnected_cb=reconnected, error_cb=error)
         except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
-            why = errors[-1] if errors else exc
-            raise BusError(f"{self.where()}: cannot connect: {why or type(why).__name__}") \
+            raise BusError(f"{self.where()}: cannot connect: {exc or type(exc).__name__}") \
                 from None
         self.connected = True
         self._js = self._nc.jetstream(timeout=self.config.ack_timeout)
@@ -420,6 +412,26 @@ class Publisher:
                     return False
                 self._drained.wait(remaining)
         return True
+
+
+async def connect_once(config: BusConfig) -> Any:
+    """A ``nats-py`` connection that tries each server twice at most (then raises
+    :class:`BusError` with the reason) and does not reconnect: for commands."""
+    import nats
+
+    errors: list[Exception] = []
+
+    async def failed(exc: Exception) -> None:
+        errors.append(exc)
+
+    options = {**config.connect_options(), "max_reconnect_attempts": 1,
+               "reconnect_time_wait": 0.2, "allow_reconnect": False}
+    try:
+        return await nats.connect(**options, error_cb=failed)
+    except Exception as exc:
+        why = errors[-1] if errors else exc
+        raise BusError(f"NATS at {_masked(config.url)}: cannot connect: "
+                       f"{why or type(why).__name__}") from None
 
 
 def _split(payload: bytes, room: int) -> Iterator[bytes]:
