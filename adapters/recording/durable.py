@@ -68,7 +68,11 @@ class Disk:
         return os.pread(fd, size, offset)
 
     def truncate(self, fd: int, size: int) -> None:
+        """Cut the file to ``size`` bytes and put the write position there: the next
+        :meth:`write` goes on from the cut (``ftruncate`` alone leaves the position where it
+        was, and a write past the end would leave a run of zeros in the file)."""
         os.ftruncate(fd, size)
+        os.lseek(fd, size, os.SEEK_SET)
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)

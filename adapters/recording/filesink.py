@@ -472,6 +472,7 @@ class FileSink(Sink):
                 pf.file_size = pf.good_end = init.size
                 pf.dirty = False
                 pf.facts.completeness.set_tracks(init.tracks)
+                self._init_restored(pf, init.size)
         except OSError as exc:
             self._failed(pf, exc, "media_write")
             return
@@ -481,6 +482,20 @@ class FileSink(Sink):
         pf.skew = at - pf.file_size
         pf.init_end = None
         self._to(pf, FileInput.OPENED if pf.state is FileState.OPENING else FileInput.DISK_BACK)
+
+    @staticmethod
+    def _init_restored(pf: PartFile, size: int) -> None:
+        """The init segment, lost with the bytes around it, heads the file again: its bytes
+        are in the file, not lost (``bytes + lost_bytes == received_bytes`` holds), and the
+        hole that began with it begins after it, in the file too."""
+        hole, at = pf.hole, pf.init_at
+        if hole is None or at is None or hole["part_offset"] > at or hole["bytes"] < size:
+            return
+        hole["bytes"] -= size
+        pf.facts.lost_bytes -= size
+        if hole["part_offset"] == at:
+            hole["part_offset"] = at + size
+        hole["file_offset"] = size
 
     def _written_again(self, pf: PartFile) -> None:
         """A write succeeded after :meth:`_resume`: the hole is over."""

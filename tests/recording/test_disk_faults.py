@@ -183,9 +183,12 @@ def test_a_failing_write_site(
         assert doc["verdict"] == "truncated"
     elif site == "open":
         # No file until the disk took writes: then the init segment, and the stream from the
-        # next fragment boundary on, so the file plays alone.
+        # next fragment boundary on, so the file plays alone. The init segment is in the file,
+        # so the hole (and what is lost) begins after it.
         (hole,) = doc["holes"]
-        assert hole["part_offset"] == 0 and hole["reason"] == code
+        assert (hole["part_offset"], hole["file_offset"]) == (init_end, init_end)
+        assert hole["reason"] == code
+        assert doc["bytes"] + doc["lost_bytes"] == doc["received_bytes"]
         resumed = hole["resumed_at"]
         assert resumed in [a for a, _ in spans] or resumed == spans[-1][0] + spans[-1][1]
         assert body == data[:init_end] + data[resumed:]
