@@ -95,11 +95,14 @@ COV_FLOOR ?= 85
 test: install system-deps lint typecheck
 	$(PY) -m pytest --cov=meetstream_live --cov-branch --cov-report=term --cov-fail-under=$(COV_FLOOR)
 
-# The tests marked slow (excluded by default): the long soak of tests/reliability/test_soak.py.
-# SOAK_BOTS / SOAK_SECONDS change its size; SOAK_ARGS='-k asyncio' picks adapters.
+# The tests marked slow (excluded by default): the long soaks, 200 bots at 4 Mbit/s for 10 min
+# per adapter: in-process (tests/reliability/test_soak.py), and as production runs it
+# (test_soak_serve.py: receiver and bots in processes of their own, recording to a tmpfs, a
+# disk-full episode; needs root). SOAK_BOTS / SOAK_SECONDS change the size; SOAK_ARGS='-k
+# asyncio' picks adapters.
 SOAK_ARGS ?=
 soak: install
-	$(PY) -m pytest -m slow -s tests/reliability/test_soak.py $(SOAK_ARGS)
+	$(PY) -m pytest -m slow -s tests/reliability/test_soak.py tests/reliability/test_soak_serve.py $(SOAK_ARGS)
 
 serve: install-serve
 	$(VENV)/bin/meetstream-live serve --output ./recordings
