@@ -21,6 +21,7 @@ only the streams in flight.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -94,6 +95,26 @@ def tmpfs(where: Path, size: int) -> Iterator[Path]:
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(filler: Path, out: Path) -> None:
+    """Take the free space of ``out`` down to half the guard's watermark, 64 MiB at a time (the
+    recordings grow meanwhile)."""
+    with open(filler, "wb") as f:
+        offset = 0
+        while True:
+            stat = os.statvfs(out)
+            room = stat.f_bavail * stat.f_frsize - LOW // 2
+            if room <= 0:
+                return
+            size = min(64 * MIB, room)
+            try:
+                os.posix_fallocate(f.fileno(), offset, size)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                return
+            offset += size
 
 
 def pieces(data: bytes) -> tuple[bytes, set[bytes]]:
@@ -191,7 +212,7 @@ class Checker(threading.Thread):
 def run_soak(adapter: str, clips: tuple[Path, Path], tmp_path: Path, bots: int,
              seconds: float, slack: int) -> str:
     clip, big = clips[0].read_bytes(), clips[1].read_bytes()
-    size = max(256 * MIB, bots * 16 * MIB)
+    size = max(256 * MIB, bots * 48 * MIB)  # tmpfs takes only what is written
     processes = max(1, min(4, bots // 50))
     with tmpfs(tmp_path / "disk", size) as out:
         log = tmp_path / "server.log"
@@ -204,6 +225,7 @@ def run_soak(adapter: str, clips: tuple[Path, Path], tmp_path: Path, bots: int,
         try:
             base_rss, base_fds = server.stats()
             per = -(-bots // processes)
+            began = time.monotonic()  # the bots' clock starts now too
             runs = []
             for p in range(processes):
                 count = min(per, bots - p * per)
@@ -215,16 +237,17 @@ def run_soak(adapter: str, clips: tuple[Path, Path], tmp_path: Path, bots: int,
             for _, proc in runs:
                 assert proc.stdout is not None
                 assert proc.stdout.readline() == b"streaming\n", proc.communicate()[1]
-            began = time.monotonic()
             episode: tuple[float, float] | None = None
+            least = size  # free space before the episode, at its lowest
             while any(proc.poll() is None for _, proc in runs):
                 at = time.monotonic() - began
                 samples.append((at, *server.stats()))
+                if episode is None:
+                    stat = os.statvfs(out)
+                    least = min(least, stat.f_bavail * stat.f_frsize)
                 if episode is None and at >= 0.4 * seconds:  # the disk fills up
-                    free = os.statvfs(out).f_bavail * os.statvfs(out).f_frsize
-                    with open(filler, "wb") as f:
-                        os.posix_fallocate(f.fileno(), 0, max(MIB, free - LOW // 2))
                     episode = (time.time(), float("inf"))
+                    fill(filler, out)
                 elif episode is not None and episode[1] == float("inf") and at >= 0.6 * seconds:
                     filler.unlink()  # and the space comes back
                     episode = (episode[0], time.time())
@@ -262,6 +285,7 @@ def run_soak(adapter: str, clips: tuple[Path, Path], tmp_path: Path, bots: int,
         received = found.received.get(bot_id, 0)
         assert sent_clean[bot_id] <= received <= total, (bot_id, sent_clean[bot_id], received)
     assert episode is not None and episode[1] != float("inf")
+    assert least > LOW, f"the disk was low before the episode ({least} bytes free)"
     lost = 0
     for name, hole in found.holes:
         assert hole["reason"] in HOLE_REASONS, (name, hole)
