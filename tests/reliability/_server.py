@@ -2,7 +2,8 @@
 ``python _server.py ADAPTER OUTPUT [options]`` (``tests/`` on ``PYTHONPATH``).
 
 Any adapter of ``conformance.servers.SERVERS`` (the ASGI ones under uvicorn or hypercorn) with
-a :class:`Recorder` writing to OUTPUT, after :func:`recover` (as ``serve`` does). Prints
+a :class:`Recorder` writing to OUTPUT, after :func:`recover`, with glibc's allocator tuned
+(as ``serve`` does). Prints
 ``port N`` once it accepts, then reads commands on stdin, one a line, answering each:
 
 * ``nofile N``: lower the soft ``RLIMIT_NOFILE`` to the descriptors open now plus N;
@@ -29,6 +30,7 @@ from conformance.servers import running_server
 from meetstream_live import ServerConfig
 from meetstream_live.adapters import ServerOptions
 from meetstream_live.adapters._driver import Descriptors
+from meetstream_live.adapters._system import JOINED_BYTES_TUNED, tune_allocator
 from meetstream_live.adapters.recording.diskguard import DiskGuard
 from meetstream_live.adapters.recording.hooks import HookConfig, HookRunner, HookSink, Journal
 from meetstream_live.adapters.recording.recorder import Recorder
@@ -91,8 +93,13 @@ def main() -> None:
     guard = DiskGuard(output, low_bytes=args.disk_low) if args.disk_low else None
     recorder = Recorder(output, reconnect_grace=args.grace, disk_guard=guard, journal=journal,
                         sinks=[HookSink(runner)] if runner is not None else [])
-    options = ServerOptions(config=ServerConfig(handshake_timeout_ms=60_000),
-                            max_connections=args.max_connections)
+    # As ``serve`` does: glibc tuned for big blocks (16 MiB keyframes come and go), then one
+    # chunk per read.
+    tuned = tune_allocator()
+    config = ServerConfig(handshake_timeout_ms=60_000,
+                          max_joined_bytes=JOINED_BYTES_TUNED if tuned
+                          else ServerConfig().max_joined_bytes)
+    options = ServerOptions(config=config, max_connections=args.max_connections)
     hogged: list[int] = []
     try:
         with running_server(args.adapter, recorder, options, drain_timeout=5) as port:
