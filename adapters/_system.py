@@ -8,22 +8,30 @@ import sys
 
 from meetstream_live import unmask_backend
 
-__all__ = ["JOINED_BYTES_TUNED", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "tune_allocator", "warm_up"]
+__all__ = [
+    "ARENA_MAX", "JOINED_BYTES_TUNED", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "tune_allocator",
+    "warm_up",
+]
 
 log = logging.getLogger("meetstream_live")
 
 #: glibc's ``mallopt`` parameters (``malloc.h``) and what :func:`tune_allocator` sets them to.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 MMAP_THRESHOLD = 4 * 1024 * 1024
 TRIM_THRESHOLD = 16 * 1024 * 1024
+#: At most this many malloc arenas (glibc's default is 8 per core): each keeps up to
+#: ``TRIM_THRESHOLD`` of freed memory, and a thread per connection (the sync adapter) would
+#: otherwise spread its blocks over all of them. Python holds the GIL while it allocates, so
+#: more arenas buy no parallelism.
+ARENA_MAX = 2
 #: ``ServerConfig.max_joined_bytes`` once the allocator is tuned: one chunk per read.
 JOINED_BYTES_TUNED = 1024 * 1024
 
 
 def tune_allocator() -> bool:
-    """Make glibc's ``malloc`` keep blocks of up to 4 MiB in its heap (``M_MMAP_THRESHOLD``)
-    and up to 16 MiB free at the heap's top (``M_TRIM_THRESHOLD``); True if it did (Linux with
-    glibc), False elsewhere (nothing changed).
+    """Make glibc's ``malloc`` keep blocks of up to 4 MiB in its heap (``M_MMAP_THRESHOLD``),
+    up to 16 MiB free at the heap's top (``M_TRIM_THRESHOLD``), in at most two arenas
+    (``M_ARENA_MAX``); True if it did (Linux with glibc), False elsewhere (nothing changed).
 
     For the process that owns ``main`` (``meetstream-live serve`` calls it), not for a
     library's importer: it changes the whole process's allocator. Why: by default glibc
@@ -45,6 +53,7 @@ def tune_allocator() -> bool:
     mallopt.restype = ctypes.c_int
     return bool(
         mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        and mallopt(_M_ARENA_MAX, ARENA_MAX)
     )
 
 

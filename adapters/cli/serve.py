@@ -461,12 +461,13 @@ def serve(settings: Settings, environ: Mapping[str, str], *, worker: int = 0,
                 keeper.start()  # a run now, then every --retention-interval
                 if guard is not None:
                     guard.on_low = keeper.wake
+        # This process is ours: tune glibc's malloc for big blocks (before the features start
+        # threads: their arenas are capped too), then deliver one chunk per read (see
+        # tune_allocator; elsewhere the core's default keeps chunks small).
+        tuned = tune_allocator()
         for feature in load_features():
             if feature.enabled(settings):
                 feature.configure(context)
-        # This process is ours: tune glibc's malloc for big blocks, then deliver one chunk per
-        # read (see tune_allocator; elsewhere the core's default keeps chunks small).
-        tuned = tune_allocator()
         prefixes = tuple(p for p in context.http_routes if p.endswith("/"))
         exact = frozenset(p for p in context.http_routes if not p.endswith("/"))
         config = ServerConfig(
