@@ -77,6 +77,7 @@ class Feature:
 FEATURES: tuple[str, ...] = (
     ".upload:UPLOAD",
     ".bus:BUS",
+    ".live:LIVE",
 )
 
 

@@ -140,8 +140,9 @@ if (state.mode === 'ws') startWs(); else startHls();
 """
 
 
-def player(bot_id: str, speaker: str | None, depth: int, ws: bool) -> str:
-    """The player of one stream; ``depth``: path segments below ``/live/`` (2 or 3)."""
+def player(bot_id: str, speaker: str | None, depth: int, ws: bool, query: str = "") -> str:
+    """The player of one stream; ``depth``: path segments below ``/live/`` (2 or 3);
+    ``query``: ``?token=...``, for the script that is fetched with the page."""
     up = "../" * (depth - 1)
     title = escape(bot_id + (f" / {speaker}" if speaker else ""))
     modes = ('<a href="?mode=hls" onclick="location.search=new URLSearchParams({...Object.'
@@ -156,6 +157,6 @@ return false">all streams</a> · {modes}</p>
 <h1>{title}</h1>
 <video id="video" controls muted autoplay playsinline></video>
 <p id="status">starting</p>
-<script src="{up}_static/hls.min.js"></script>
+<script src="{escape(up + "_static/hls.min.js" + query)}"></script>
 <script>{_PLAYER_JS}</script>
 </body></html>"""

@@ -180,7 +180,7 @@ class LiveWeb:
         bot, name = segments[0], segments[-1]
         speaker = segments[1] if len(segments) == 3 else None
         if name == "":  # the page waits for the stream when it is not here yet
-            return self._html(page.player(bot, speaker, len(segments), self.ws))
+            return self._html(page.player(bot, speaker, len(segments), self.ws, query))
         stream = self.registry.get(bot, speaker)
         if stream is None:
             return HTTPAnswer(404, b"no such live stream\n")
