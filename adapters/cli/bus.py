@@ -73,9 +73,13 @@ OPTIONS: tuple[Option, ...] = (
            "when the streams are created (absent): replicas (3 in a cluster)", metavar="N",
            group="bus"),
     Option("nats_max_pending", disk_size, 64 * 1024**2,
-           "bytes kept in memory for the bus while NATS is slow or away; beyond, new messages "
-           "are dropped and counted (the recording is not affected)", metavar="SIZE",
-           shown_default="64m", group="bus"),
+           "bytes kept in memory for the bus while NATS is slow or away; beyond, they go to "
+           "the outbox on disk", metavar="SIZE", shown_default="64m", group="bus"),
+    Option("nats_outbox_size", disk_size, 1024**3,
+           "the most bytes of the outbox (OUTPUT/.bus-outbox/): what NATS has not taken, "
+           "republished in order with the same message IDs when it is back, and at the next "
+           "start; beyond, new messages are dropped and counted (the recording is never "
+           "affected). 0: no outbox", metavar="SIZE", shown_default="1g", group="bus"),
     Option("nats_pongs", boolean, True, "publish each pong's latency as an event",
            metavar="BOOL", group="bus"),
     Option("nats_drain_timeout", duration, 10.0,
@@ -91,7 +95,12 @@ def _require_nats() -> None:
         raise UsageError("--nats needs nats-py: pip install 'meetstream-live[nats]'") from None
 
 
-def bus_config(settings: Settings) -> Any:
+#: Under the output directory: the bus's outbox, one directory per process (``w0``: a single
+#: process, ``w1``... the workers of ``--workers``).
+OUTBOX = ".bus-outbox"
+
+
+def bus_config(settings: Settings, outbox: Path | None = None) -> Any:
     from meetstream_live.adapters.recording.bus import BusConfig, StreamLimits
 
     limits = StreamLimits(max_age=settings.get("nats_max_age", 24 * 3600.0),
@@ -99,7 +108,9 @@ def bus_config(settings: Settings) -> Any:
                           replicas=settings.get("nats_replicas", 1))
     return BusConfig(settings.nats, creds=settings.get("nats_creds"),
                      ca_file=settings.get("nats_ca"), limits=limits,
-                     max_pending_bytes=settings.get("nats_max_pending", 64 * 1024**2))
+                     max_pending_bytes=settings.get("nats_max_pending", 64 * 1024**2),
+                     outbox_dir=str(outbox) if outbox is not None else None,
+                     outbox_max_bytes=settings.get("nats_outbox_size", 1024**3))
 
 
 Sample = tuple[dict[str, str], float]
@@ -118,6 +129,8 @@ def watch(metrics: Any, publisher: Any) -> None:
         ("lag_seconds", "gauge", "Age of the oldest message not acknowledged by JetStream."),
         ("pending_messages", "gauge", "Messages waiting for the bus (backlog)."),
         ("pending_bytes", "gauge", "Bytes waiting for the bus (backlog)."),
+        ("outbox_messages", "gauge", "Of the messages waiting, those in the outbox on disk."),
+        ("outbox_bytes", "gauge", "Of the bytes waiting, those in the outbox on disk."),
     ):
         metrics.watch(f"bus_{name}", kind, text, one(name))
     for name, text in (
@@ -128,6 +141,7 @@ def watch(metrics: Any, publisher: Any) -> None:
         ("dropped_messages", "Messages not published: over --nats-max-pending, or at close."),
         ("dropped_bytes", "Payload bytes of the dropped messages."),
         ("split_messages", "Messages over the server's max_payload, sent in pieces."),
+        ("spilled_messages", "Messages written to the outbox (NATS slow or away)."),
     ):
         metrics.watch(f"bus_{name}_total", "counter", text, one(name))
 
@@ -146,7 +160,9 @@ class BusFeature(Feature):
         from meetstream_live.adapters.recording.bus import BusError, BusSink, Publisher
 
         settings = context.settings
-        publisher = Publisher(bus_config(settings))
+        outbox = (context.output / OUTBOX / f"w{context.worker}"
+                  if settings.nats_outbox_size > 0 else None)
+        publisher = Publisher(bus_config(settings, outbox))
         try:
             publisher.start()  # connected, streams there: or the start stops here
         except BusError as exc:

@@ -12,23 +12,33 @@ same ``Nats-Msg-Id``: JetStream stores it once. A message larger than what the s
 (``max_payload``) is published as pieces (header ``Meetstream-Chunk: i/n``) that
 :mod:`.consumer` joins again.
 
-What waits is bounded by ``max_pending_bytes`` (memory): beyond it, new media and events are
-dropped and counted (``bus_dropped_*`` in ``/metrics``); the local recording is never touched.
+What waits is bounded: ``max_pending_bytes`` in memory, beyond which the outbox's thread moves
+the biggest lanes' messages to the outbox on disk (``outbox_dir``, :mod:`.outbox`, at most
+``outbox_max_bytes``), which each lane publishes before its newer messages in memory; beyond
+that (or a burst over twice ``max_pending_bytes`` before the thread has moved it, or no outbox),
+new media and events are dropped and counted (``bus_dropped_*`` in ``/metrics``). At close,
+what is left goes to the outbox, published by the next :meth:`Publisher.start`. The local
+recording is never touched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
 import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from .message import Outgoing
+from .outbox import SUFFIX, Segment
 from .subjects import (
     EVENTS_STREAM,
     H_CHUNK,
@@ -65,7 +75,12 @@ class BusConfig:
     limits: StreamLimits = field(default_factory=StreamLimits)
     connect_timeout: float = 5.0
     ack_timeout: float = 5.0
+    #: Bytes kept in memory; beyond, the lanes' newest messages go to the outbox on disk
+    #: (``outbox_dir``), or, without one, new messages are dropped.
     max_pending_bytes: int = 64 * 1024 * 1024
+    #: The outbox: a directory of this publisher's own (None: no outbox), its most bytes.
+    outbox_dir: str | None = None
+    outbox_max_bytes: int = 1024**3
     #: Seconds between retries of a lane whose head failed (doubling up to ``retry_cap``).
     retry_base: float = 0.1
     retry_cap: float = 2.0
@@ -86,25 +101,19 @@ class BusConfig:
         return options
 
 
-@dataclass(slots=True)
-class Outgoing:
-    """One message for the bus. ``kind``: ``init``, ``fragment``, ``end`` or ``event``.
-    ``also``: another subject that gets the same payload once this one is stored (the init
-    subject, kept one per subject). ``headers`` carry ``Nats-Msg-Id``."""
-
-    subject: str
-    payload: bytes
-    headers: dict[str, str]
-    kind: str
-    also: str | None = None
-    queued_at: float = 0.0
-
-
 class _Lane:
-    __slots__ = ("active", "ended", "init_seq", "messages")
+    """One part's messages, oldest first: ``inflight`` (being published), then ``disk``
+    (the outbox's segment), then ``messages`` (memory, where producers append)."""
+
+    __slots__ = ("active", "disk", "ended", "from_disk", "inflight", "init_seq", "messages",
+                 "spilling")
 
     def __init__(self) -> None:
         self.messages: deque[Outgoing] = deque()
+        self.inflight: Outgoing | None = None
+        self.from_disk = False
+        self.disk: Segment | None = None
+        self.spilling = False
         self.active = False
         self.ended = False
         self.init_seq: int | None = None
@@ -120,8 +129,15 @@ class Publisher:
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
         self._lanes: dict[int, _Lane] = {}
-        self._pending_bytes = 0
+        self._pending_bytes = 0  # not acknowledged yet: memory, disk, in flight
         self._pending_messages = 0
+        self._memory_bytes = 0  # of them, in memory
+        self._outbox_bytes = 0  # of them, on disk
+        self._outbox_messages = 0
+        self._replayed = itertools.count(-1, -1)  # lane ids of outbox files of earlier runs
+        self._spill_wake = threading.Event()
+        self._spiller: threading.Thread | None = None
+        self._outbox = Path(config.outbox_dir) if config.outbox_dir else None
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -137,6 +153,7 @@ class Publisher:
         self.dropped_messages = 0
         self.dropped_bytes = 0
         self.split_messages = 0
+        self.spilled_messages = 0
 
     # ------------------------------------------------------------------ life
 
@@ -155,6 +172,12 @@ class Publisher:
             if isinstance(exc, BusError):
                 raise
             raise BusError(f"{self.where()}: {exc or type(exc).__name__}") from exc
+        if self._outbox is not None:
+            self._outbox.mkdir(parents=True, exist_ok=True)
+            self._replay()
+            self._spiller = threading.Thread(target=self._spill_loop, name="bus-outbox",
+                                             daemon=True)
+            self._spiller.start()
 
     def where(self) -> str:
         """``NATS at URL`` (the password masked), for messages."""
@@ -231,8 +254,9 @@ class Publisher:
                          ", ".join(info.config.subjects or ()))
 
     def close(self, timeout: float = 10.0) -> bool:
-        """Wait up to ``timeout`` for what is queued to be published, then disconnect;
-        False if messages were left (counted as dropped)."""
+        """Wait up to ``timeout`` for what is queued to be published, then disconnect. What
+        is left goes to the outbox (published at the next start) or, without one, is
+        counted as dropped. False if messages were left."""
         if self._loop is None:
             return True
         deadline = self._clock() + timeout
@@ -240,13 +264,29 @@ class Publisher:
             self._closed = True
             while self._pending_messages and self._clock() < deadline:
                 self._drained.wait(max(0.0, deadline - self._clock()))
+        self._stop_loop()
+        if self._spiller is not None:
+            self._spill_wake.set()
+            self._spiller.join(10.0)
+        with self._lock:
             left, left_bytes = self._pending_messages, self._pending_bytes
-            self.dropped_messages += left
-            self.dropped_bytes += left_bytes
-        if left:
+        if left and self._outbox is not None:
+            kept = self._keep_all()
+            log.warning("%s: %d message(s) (%d bytes) not published at close: %d kept in the "
+                        "outbox %s for the next start", self.where(), left, left_bytes, kept,
+                        self._outbox)
+            left -= kept
+        elif left:
             log.warning("%s: %d message(s) (%d bytes) not published at close", self.where(),
                         left, left_bytes)
-        self._stop_loop()
+        with self._lock:
+            if left:
+                self.dropped_messages += left
+                self.dropped_bytes += left_bytes if self._outbox is None else 0
+            for lane in self._lanes.values():
+                if lane.disk is not None:
+                    lane.disk.close()
+                    lane.disk = None
         return left == 0
 
     def _stop_loop(self) -> None:
@@ -274,31 +314,37 @@ class Publisher:
 
     def submit(self, lane_id: int, messages: Sequence[Outgoing], *, last: bool = False) -> None:
         """Queue ``messages`` at the end of lane ``lane_id`` (``last``: the lane ends after
-        them). Never blocks on the bus."""
+        them). Never blocks on the bus or the disk."""
         wake: _Lane | None = None
+        spill = False
         now = self._clock()
         with self._lock:
             lane = self._lanes.get(lane_id)
             if lane is None:
                 lane = self._lanes[lane_id] = _Lane()
             limit = self.config.max_pending_bytes
+            hard = limit * 2 if self._outbox is not None else limit
             for message in messages:
                 size = len(message.payload)
-                if self._closed or (self._pending_bytes + size > limit
+                if self._closed or (self._memory_bytes + size > hard
                                     and message.kind != "end"):
                     self.dropped_messages += 1
                     self.dropped_bytes += size
                     continue
                 message.queued_at = now
                 lane.messages.append(message)
+                self._memory_bytes += size
                 self._pending_bytes += size
                 self._pending_messages += 1
+            spill = self._outbox is not None and self._memory_bytes > limit
             lane.ended = lane.ended or last
             if lane.messages and not lane.active:
                 lane.active = True
                 wake = lane
             elif not lane.messages and not lane.active and lane.ended:
                 self._lanes.pop(lane_id, None)
+        if spill:
+            self._spill_wake.set()
         if wake is not None and self._loop is not None:
             # RuntimeError: the loop is closed; close() counted what is left.
             with contextlib.suppress(RuntimeError):
@@ -312,14 +358,31 @@ class Publisher:
     async def _drain(self, lane_id: int, lane: _Lane) -> None:
         delay = self.config.retry_base
         while True:
+            read = False
             with self._lock:
-                if not lane.messages:
-                    lane.active = False
-                    if lane.ended:
-                        self._lanes.pop(lane_id, None)
-                    self._drained.notify_all()
-                    return
-                message = lane.messages[0]
+                message = lane.inflight
+                if message is None:
+                    if lane.spilling:  # its messages are on their way to the disk
+                        pass
+                    elif lane.disk is not None and lane.disk.count:
+                        read = True
+                    elif lane.messages:
+                        message = lane.inflight = lane.messages.popleft()
+                        lane.from_disk = False
+                    else:
+                        self._lane_done(lane_id, lane)
+                        return
+            if message is None and not read:
+                await asyncio.sleep(0.005)
+                continue
+            if read:
+                assert lane.disk is not None
+                message = await asyncio.to_thread(lane.disk.peek)
+                if message is None:
+                    continue
+                with self._lock:
+                    lane.inflight, lane.from_disk = message, True
+            assert message is not None
             try:
                 await self._send(lane, message)
             except asyncio.CancelledError:
@@ -333,12 +396,145 @@ class Publisher:
                 delay = min(self.config.retry_cap, delay * 2)
                 continue
             delay = self.config.retry_base
+            size = len(message.payload)
             with self._lock:
-                lane.messages.popleft()
-                self._pending_bytes -= len(message.payload)
+                lane.inflight = None
+                if lane.from_disk:
+                    assert lane.disk is not None
+                    lane.disk.advance()
+                    self._outbox_bytes -= size
+                    self._outbox_messages -= 1
+                else:
+                    self._memory_bytes -= size
+                self._pending_bytes -= size
                 self._pending_messages -= 1
                 self.published_messages += 1
-                self.published_bytes += len(message.payload)
+                self.published_bytes += size
+
+    def _lane_done(self, lane_id: int, lane: _Lane) -> None:
+        """Under the lock: nothing left to publish in the lane now."""
+        lane.active = False
+        if lane.disk is not None:
+            lane.disk.remove()
+            lane.disk = None
+        if lane.ended:
+            self._lanes.pop(lane_id, None)
+        self._drained.notify_all()
+
+    # ------------------------------------------------------------------ the outbox
+
+    def _spill_loop(self) -> None:
+        while True:
+            self._spill_wake.wait()
+            self._spill_wake.clear()
+            if self._loop is None:
+                return
+            try:
+                self._spill(self.config.max_pending_bytes // 2)
+            except Exception as exc:  # the outbox is best effort: memory and drops remain
+                log.error("bus outbox: %r", exc)
+
+    def _spill(self, target: int) -> None:
+        """Move the lanes' messages in memory to their segments on disk, the biggest lanes
+        first, until memory holds ``target`` bytes or less."""
+        assert self._outbox is not None
+        with self._lock:
+            lanes = sorted(self._lanes.items(), key=lambda item: -len(item[1].messages))
+        for lane_id, lane in lanes:
+            with self._lock:
+                if self._memory_bytes <= target:
+                    return
+                if not lane.messages or lane.spilling:
+                    continue
+                moved = list(lane.messages)
+                size = sum(len(m.payload) for m in moved)
+                if self._outbox_bytes + size > self.config.outbox_max_bytes:
+                    continue
+                lane.messages.clear()
+                lane.spilling = True
+                self._memory_bytes -= size
+                self._outbox_bytes += size
+                self._outbox_messages += len(moved)
+            try:
+                if lane.disk is None:
+                    lane.disk = Segment(self._segment_path(lane_id))
+                lane.disk.append(moved)
+            except OSError as exc:
+                log.error("bus outbox: cannot write %d message(s): %s (they stay in memory)",
+                          len(moved), exc)
+                with self._lock:
+                    lane.messages.extendleft(reversed(moved))
+                    self._memory_bytes += size
+                    self._outbox_bytes -= size
+                    self._outbox_messages -= len(moved)
+                    lane.spilling = False
+                return
+            with self._lock:
+                lane.spilling = False
+                self.spilled_messages += len(moved)
+
+    def _segment_path(self, lane_id: int) -> Path:
+        assert self._outbox is not None
+        return self._outbox / f"{time.time_ns():020d}-{os.getpid()}-{abs(lane_id)}{SUFFIX}"
+
+    def _replay(self) -> None:
+        """The outbox files of an earlier run: one lane each, published like the others."""
+        assert self._outbox is not None
+        found = 0
+        for path in sorted(self._outbox.glob(f"*{SUFFIX}")):
+            try:
+                segment = Segment(path, existing=True)
+            except OSError as exc:
+                log.error("bus outbox: cannot read %s: %s", path, exc)
+                continue
+            if not segment.count:
+                segment.remove()
+                continue
+            lane = _Lane()
+            lane.disk, lane.ended, lane.active = segment, True, True
+            lane_id = next(self._replayed)
+            with self._lock:
+                self._lanes[lane_id] = lane
+                self._pending_messages += segment.count
+                self._pending_bytes += segment.bytes
+                self._outbox_messages += segment.count
+                self._outbox_bytes += segment.bytes
+            found += segment.count
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._spawn, lane_id, lane)
+        if found:
+            log.info("%s: publishing %d message(s) left in the outbox %s by an earlier run",
+                     self.where(), found, self._outbox)
+
+    def _keep_all(self) -> int:
+        """At close, with the loop stopped: every lane's unpublished messages into one
+        outbox file per lane, in order; the messages kept."""
+        with self._lock:
+            lanes = list(self._lanes.items())
+        for lane_id, lane in lanes:
+            older = [lane.inflight] if lane.inflight is not None and not lane.from_disk else []
+            rest = list(lane.messages)
+            if not older and not rest:
+                continue
+            try:
+                if older and lane.disk is not None and lane.disk.count:
+                    fresh = Segment(self._segment_path(lane_id))
+                    fresh.append([*older, *lane.disk.unpublished(), *rest])
+                    lane.disk.remove()
+                    lane.disk = fresh
+                else:
+                    if lane.disk is None:
+                        lane.disk = Segment(self._segment_path(lane_id))
+                    lane.disk.append([*older, *rest])
+            except OSError as exc:
+                log.error("bus outbox: cannot keep %d message(s): %s", len(older) + len(rest),
+                          exc)
+                continue
+            lane.messages.clear()
+            lane.inflight = None
+        with self._lock:
+            return sum(int(lane.disk.count) for lane in self._lanes.values()
+                       if lane.disk is not None)
 
     async def _send(self, lane: _Lane, message: Outgoing) -> None:
         headers = dict(message.headers)
@@ -400,6 +596,9 @@ class Publisher:
                 "dropped_messages": self.dropped_messages,
                 "dropped_bytes": self.dropped_bytes,
                 "split_messages": self.split_messages,
+                "outbox_messages": self._outbox_messages,
+                "outbox_bytes": self._outbox_bytes,
+                "spilled_messages": self.spilled_messages,
             }
 
     def wait_idle(self, timeout: float) -> bool:
