@@ -65,6 +65,7 @@ def render_config(
     fall: int = 2,
     rise: int = 1,
     tunnel_timeout: str = "1h",
+    check_path: str = "/healthz",
 ) -> str:
     """The HAProxy configuration for one frontend and the ``receivers`` backend.
 
@@ -114,7 +115,7 @@ backend {BACKEND}
     {balance}
     hash-type consistent
     option httpchk
-    http-check send meth GET uri /healthz
+    http-check send meth GET uri {check_path}
     http-check expect status 200
 {servers}
 """
@@ -129,6 +130,7 @@ class HAProxy:
     backends: dict[str, tuple[str, int]]
     hash_on: str = "path"
     check_interval_ms: int = 200
+    check_path: str = "/healthz"
     fall: int = 2
     rise: int = 1
     ready_timeout: float = 15.0
@@ -161,6 +163,7 @@ class HAProxy:
             admin_socket=self.admin_socket,
             hash_on=self.hash_on,
             check_interval_ms=self.check_interval_ms,
+            check_path=self.check_path,
             fall=self.fall,
             rise=self.rise,
         )
@@ -261,6 +264,7 @@ def haproxy(
     check_interval_ms: int = 200,
     fall: int = 2,
     rise: int = 1,
+    check_path: str = "/healthz",
 ) -> Iterator[HAProxy]:
     """Start HAProxy on a free loopback port in front of ``backends`` (name -> (host, port)),
     yield it, stop it. Skips the test when haproxy is not installed (fails with CI=true)."""
@@ -276,6 +280,7 @@ def haproxy(
                 dict(backends),
                 hash_on=hash_on,
                 check_interval_ms=check_interval_ms,
+                check_path=check_path,
                 fall=fall,
                 rise=rise,
             )
