@@ -82,6 +82,11 @@ OPTIONS: tuple[Option, ...] = (
            "affected). 0: no outbox", metavar="SIZE", shown_default="1g", group="bus"),
     Option("nats_pongs", boolean, True, "publish each pong's latency as an event",
            metavar="BOOL", group="bus"),
+    Option("nats_leases", boolean, True,
+           "keep a lease per stream in JetStream's key-value store (MEETSTREAM_SESSIONS), so "
+           "that a bot's reconnect landing on another receiver of a fleet continues its "
+           "session as the next part (needs --reconnect-grace above 0)", metavar="BOOL",
+           group="bus"),
     Option("nats_drain_timeout", duration, 10.0,
            "at shutdown, how long what is queued for the bus may take", metavar="DURATION",
            group="bus"),
@@ -173,6 +178,32 @@ class BusFeature(Feature):
             watch(context.metrics, publisher)
         context.sinks.append(sink)
         log.info("publishing every stream to %s", publisher.where())
+        grace = settings.get("reconnect_grace") or 0.0
+        if settings.nats_leases and grace > 0:
+            self._leases(context, publisher, grace)
+
+    @staticmethod
+    def _leases(context: ServeContext, publisher: Any, grace: float) -> None:
+        """A lease per stream in JetStream's key-value store: a reconnect that lands here
+        continues the session another receiver of the fleet began."""
+        from meetstream_live.adapters.recording.bus.lease import Leases, LeaseSink
+        from meetstream_live.adapters.recording.partfiles import Continued
+
+        leases = Leases(publisher, grace=grace)
+        sink = LeaseSink(leases)
+        try:
+            leases.start()  # the bucket there: or the start stops here
+        except Exception as exc:
+            raise UsageError(f"--nats: the session leases ({exc})") from None
+
+        def continue_from(key: tuple[str, str]) -> Continued | None:
+            lease = leases.lookup(*key)
+            if lease is None:
+                return None
+            return Continued(lease.session_ms, lease.part + 1, lease.connections)
+
+        context.sinks.append(sink)
+        context.continue_from = continue_from
 
 
 BUS = BusFeature()

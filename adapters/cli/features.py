@@ -48,6 +48,9 @@ class ServeContext:
     viewer_factory: ViewerFactory | None = None
     #: Readiness checks for ``/readyz``: each returns ``(ready, why)``.
     readiness: list[Callable[[], tuple[bool, str]]] = field(default_factory=list)
+    #: Asked when a stream starts that has no session here (``Recorder(continue_from=)``):
+    #: a session another receiver began, to continue.
+    continue_from: Callable[[tuple[str, str]], Any] | None = None
     #: Called at the end, in reverse order (stop threads, flush, close connections).
     closers: list[Callable[[], None]] = field(default_factory=list)
     #: 0 in a single process; 1..N in the workers of ``--workers`` (features that own

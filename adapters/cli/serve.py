@@ -503,6 +503,7 @@ def serve(settings: Settings, environ: Mapping[str, str], *, worker: int = 0,
             sinks=sinks + context.sinks, path_template=settings.path_template,
             # What the recovery just closed: bots reconnecting continue their sessions.
             resumable=resumable_sessions(output, within=grace),
+            continue_from=context.continue_from,
         )
         factory: HandlerFactory = metrics.track(recorder)
         if settings.proxy_headers:

@@ -38,7 +38,7 @@ from .durable import JOIN_BELOW, REAL_DISK, Disk, dumps_json, errno_name, reopen
 from .finalize import Finalizer
 from .meter import fragment_entry
 from .metrics import Metrics
-from .partfiles import PartFile, PathTemplate, ResumedSession, SessionFiles
+from .partfiles import Continued, PartFile, PathTemplate, ResumedSession, SessionFiles
 from .sidecar import MAX_HOLES, FileFacts, build_sidecar
 from .sinks import (
     Chunk,
@@ -134,6 +134,7 @@ class FileSink(Sink):
         self._parts: dict[int, PartFile] = {}
         self._sessions: dict[int, SessionFiles] = {}
         self._adopted: dict[int, ResumedSession] = {}  # sessions continuing a crashed one
+        self._continued: dict[int, Continued] = {}  # sessions another receiver began
         self._writers = 0
         self._sinks: SinkSet | None = None
         self._unsettled: set[int] = set()  # parts closed, not finalized yet
@@ -224,13 +225,20 @@ class FileSink(Sink):
         with self._lock:
             self._adopted[session] = resumed
 
+    def continue_remote(self, session: int, continued: Continued) -> None:
+        """Session ``session`` continues one another receiver began (see :class:`Continued`).
+        Called before its first part is opened."""
+        with self._lock:
+            self._continued[session] = continued
+
     def _session(self, part: Part) -> SessionFiles:
         with self._lock:
             session = self._sessions.get(part.session)
             if session is None:
                 session = self._sessions[part.session] = SessionFiles(
                     self.root, part, rotating=self.rotating, disk=self.disk,
-                    layout=self.layout, resumed=self._adopted.pop(part.session, None))
+                    layout=self.layout, resumed=self._adopted.pop(part.session, None),
+                    continued=self._continued.pop(part.session, None))
             return session
 
     def forget(self, pf: PartFile) -> None:

@@ -34,8 +34,8 @@ from .sidecar import SIDECAR_VERSION, FileFacts, FinishedRecording, StreamFacts
 from .sinks import Part
 from .states import FILE, FileInput, FileState, advance
 
-__all__ = ["TEMPLATE_FIELDS", "Announced", "PartFile", "PathTemplate", "ResumedSession",
-           "SessionFiles", "part_directory"]
+__all__ = ["TEMPLATE_FIELDS", "Announced", "Continued", "PartFile", "PathTemplate",
+           "ResumedSession", "SessionFiles", "part_directory"]
 
 log = logging.getLogger("meetstream_live.recorder")
 
@@ -215,6 +215,16 @@ class ResumedSession:
         return max(self.entries, default=0) + 1
 
 
+@dataclass(frozen=True)
+class Continued:
+    """A session another receiver of the fleet began, continued here (its lease, see
+    ``bus.lease``): its start (the files' names), the next part number, connections so far."""
+
+    started_ms: int
+    next_number: int
+    connections: int
+
+
 class SessionFiles:
     """The files of one session: its names, its manifest, its parts' announcement order.
     ``resumed``: the session continues one a crash interrupted (its directory, names and
@@ -222,7 +232,8 @@ class SessionFiles:
 
     def __init__(self, root: Path, part: Part, *, rotating: bool, disk: Disk,
                  layout: PathTemplate | None = None,
-                 resumed: ResumedSession | None = None) -> None:
+                 resumed: ResumedSession | None = None,
+                 continued: Continued | None = None) -> None:
         self.id = part.session
         self.key = part.key
         self.root = root
@@ -255,6 +266,11 @@ class SessionFiles:
             self.connections = resumed.connections
             self.entries = {n: dict(e) for n, e in resumed.entries.items()}
             self._next = resumed.next_number
+        elif continued is not None:  # parts 1.. are another receiver's: the names only
+            self.started_ms = continued.started_ms
+            self.connections = continued.connections
+            self._next = continued.next_number
+            self.gone = set(range(1, continued.next_number))
 
     @property
     def manifest_path(self) -> Path | None:

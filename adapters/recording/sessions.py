@@ -26,7 +26,7 @@ from .durable import REAL_DISK, Disk
 from .filesink import DEFAULT_BUFFER_SIZE, FileSink
 from .hooks import CallbackSink, FinishCallback
 from .metrics import Metrics
-from .partfiles import PathTemplate, ResumedSession
+from .partfiles import Continued, PathTemplate, ResumedSession
 from .sidecar import end_reason, peer_text
 from .sinks import Part, PartClosed, Sink, SinkSet
 from .states import SESSION, PartInput, SessionInput, SessionState, advance
@@ -146,6 +146,14 @@ class Session:
             self.recorder.metrics.streams_active.inc()
         return PartModel(part, start, info)
 
+    def continue_remote(self, continued: Continued) -> None:
+        """Continue a session another receiver began (its lease): its start, its next part
+        number, one connection more."""
+        self.next_number = continued.next_number
+        self.started_ms = continued.started_ms
+        self.connections = continued.connections
+        self.recorder.files.continue_remote(self.id, continued)
+
     def adopt(self, resumed: ResumedSession) -> None:
         """Continue a session a crash interrupted: its next part number, start, connections."""
         self.next_number = resumed.next_number
@@ -242,8 +250,11 @@ class Recorder:
     (:class:`~.partfiles.PathTemplate`; ``ValueError`` if it is wrong). ``resumable``:
     sessions the previous process was recording when it died
     (:func:`~.recovery.resumable_sessions`): a bot reconnecting within ``reconnect_grace`` of
-    the recorder's start continues its session as the next part. The recorder does
-    no I/O itself: its :class:`~.filesink.FileSink` does, in threads of its own.
+    the recorder's start continues its session as the next part. ``continue_from``: asked
+    (in the stream's thread, before any lock) when a stream starts that has no session
+    here: a session another receiver of a fleet began, to continue as its next part (see
+    ``bus.lease``), or None. The recorder does no I/O itself: its
+    :class:`~.filesink.FileSink` does, in threads of its own.
     """
 
     def __init__(
@@ -264,6 +275,7 @@ class Recorder:
         retry_interval: float = 5.0,
         path_template: str | None = None,
         resumable: Mapping[tuple[str, str], ResumedSession] | None = None,
+        continue_from: Callable[[tuple[str, str]], Continued | None] | None = None,
     ) -> None:
         if rotate_every is not None and rotate_every <= 0:
             raise ValueError("rotate_every must be positive")
@@ -293,6 +305,7 @@ class Recorder:
         self._sessions: dict[tuple[str, str], Session] = {}
         self._resumable = dict(resumable or {})
         self._resumable_until = time.monotonic() + reconnect_grace
+        self.continue_from = continue_from
 
     def __call__(self, info: ConnectionInfo) -> RecordingHandler:
         from .handler import RecordingHandler
@@ -308,11 +321,17 @@ class Recorder:
         key = None
         if start is not None and isinstance(start.bot_id, str):
             key = (start.bot_id, speaker if isinstance(speaker, str) else "")
+        remote = None
+        if key is not None and self.continue_from is not None:
+            with self._lock:
+                known = key in self._sessions or key in self._resumable
+            if not known:
+                remote = self.continue_from(key)  # may wait on the network: no lock held
         while True:
             with self._lock:
                 session = self._sessions.get(key) if key is not None else None
                 fresh = session is None
-                resumed = None
+                resumed = continued = None
                 if session is None:
                     session = Session(self, key)
                     if key is not None:
@@ -320,11 +339,21 @@ class Recorder:
                         resumed = self._resumed(key)
                         if resumed is not None:
                             session.adopt(resumed)
+                        elif remote is not None:
+                            continued, remote = remote, None
+                            session.continue_remote(continued)
             with session.lock:
                 if session.over:  # ended while we waited for its lock: take a new one
                     continue
                 session.connections += 1
-                if resumed is not None:
+                if continued is not None:
+                    assert key is not None
+                    log.info("bot %s speaker %r: continuing the session another receiver "
+                             "began as part %d", key[0], key[1], continued.next_number,
+                             extra={"event": "session_continued", "bot_id": key[0],
+                                    "speaker": key[1], "part": continued.next_number})
+                    stream = Stream(self, session, info, start, why="reconnect")
+                elif resumed is not None:
                     log.info("bot %s speaker %r: continuing the session of %s (interrupted "
                              "by a restart) as part %d", resumed.key[0], resumed.key[1],
                              resumed.manifest.name, resumed.next_number,

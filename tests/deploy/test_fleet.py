@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from cli.test_bus import consume
 from cli.test_serve import serving
 from media import Media
-from services import HAProxy, haproxy
+from services import HAProxy, haproxy, nats_server, require_module
 
 from meetstream_live.adapters.asyncio import AsyncioBot
 
@@ -25,14 +26,14 @@ CHUNK = 32 * 1024
 
 
 @contextmanager
-def fleet(tmp_path: Path, nodes: int) -> Iterator[tuple[HAProxy, list[Path]]]:
+def fleet(tmp_path: Path, nodes: int, *argv: str) -> Iterator[tuple[HAProxy, list[Path]]]:
     outputs = [tmp_path / f"r{n}" for n in range(1, nodes + 1)]
     with ExitStack() as stack:
         backends = {}
         for n, output in enumerate(outputs, 1):
             port, _log = stack.enter_context(serving(
                 tmp_path, "--port", "0", "--output", str(output), "--reconnect-grace", "60s",
-                "--drain-timeout", "5s"))
+                "--drain-timeout", "5s", *argv))
             backends[f"r{n}"] = ("127.0.0.1", port)
         lb = stack.enter_context(haproxy(backends, hash_on=HASH_ON, check_path="/readyz"))
         for name in backends:
@@ -116,3 +117,42 @@ def test_a_reconnect_lands_on_the_node_that_has_its_session(tmp_path: Path,
         for out in outputs:
             for media in out.rglob("*.mp4"):
                 assert media.stat().st_size >= len(fmp4_small.data) - 4096
+
+
+def test_a_session_moves_to_another_node_with_its_lease(tmp_path: Path,
+                                                       fmp4_small: Media) -> None:
+    """With ``--nats`` the nodes keep a lease per stream in JetStream's key-value store: a
+    bot cut on its node reconnects while that node is out of the balancer, lands on the other,
+    which continues its session as part 2 (same session start, one connection more), and the
+    bus has both parts under the same session."""
+    require_module("nats")
+    bot_id = "fleet-moving"
+    with nats_server() as ns, fleet(tmp_path, 2, "--nats", ns.url, "--nats-max-bytes",
+                                    "256m") as (lb, outputs):
+        url = f"{lb.ws_url}/v1/streams/{bot_id}"
+        asyncio.run(send(url, bot_id, fmp4_small.data, cut=True))
+        first = next(n for n, out in enumerate(outputs) if list(out.glob(f"{bot_id}/*")))
+        lb.disable(f"r{first + 1}")
+        lb.wait_state(f"r{first + 1}", "MAINT")
+        time.sleep(0.5)  # the cut is seen and the lease says paused (it need not)
+        asyncio.run(send(url, bot_id, fmp4_small.data, cut=False))
+        other = outputs[1 - first]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not list(other.glob(f"{bot_id}/*.session.json")):
+            time.sleep(0.1)
+        wait_sessions([other], [bot_id])
+        ((_, moved),) = manifests([other], bot_id)
+        assert [p["part"] for p in moved["parts"]] == [2], moved
+        assert moved["parts"][0]["started_by"] == "reconnect"
+        assert moved["connections"] == 2
+        part2 = json.loads((other / bot_id / moved["parts"][0]["sidecar"]).read_text())
+        assert part2["part"] == 2
+        # The first node still has part 1 (its session waits for the grace there).
+        first_parts = list((outputs[first] / bot_id).glob("*.mp4*"))
+        assert first_parts
+        session_start = moved["started_at"]
+        out = tmp_path / "part2.mp4"
+        done = consume(ns.url, "--bot", bot_id, "--part", "2", "-o", str(out))
+        assert done.returncode == 0, done.stderr
+        assert out.read_bytes() == (other / bot_id / moved["parts"][0]["file"]).read_bytes()
+        assert session_start.startswith("20")

@@ -24,6 +24,7 @@ recording is never touched.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import logging
@@ -32,10 +33,10 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .message import Outgoing
 from .outbox import SUFFIX, Segment
@@ -53,6 +54,8 @@ from .subjects import (
 __all__ = ["BusConfig", "BusError", "Outgoing", "Publisher", "connect_once"]
 
 log = logging.getLogger("meetstream_live.bus")
+
+T = TypeVar("T")
 
 #: Room kept for the headers below ``max_payload`` when a message is split.
 HEADER_ROOM = 1024
@@ -178,6 +181,34 @@ class Publisher:
             self._spiller = threading.Thread(target=self._spill_loop, name="bus-outbox",
                                              daemon=True)
             self._spiller.start()
+
+    def call(self, work: Callable[[Any], Coroutine[Any, Any, T]], timeout: float) -> T:
+        """Run ``work(js)`` (a coroutine on the JetStream context) on the publisher's loop
+        and wait up to ``timeout`` for its result (from another thread: never the loop's).
+        ``BusError`` when the publisher is not connected or on timeout; else what ``work``
+        raises."""
+        if self._loop is None or self._js is None:
+            raise BusError(f"{self.where()}: not connected")
+        future = asyncio.run_coroutine_threadsafe(work(self._js), self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:  # TimeoutError itself from 3.11 on
+            future.cancel()
+            raise BusError(f"{self.where()}: no answer in {timeout:g} s") from None
+
+    def spawn(self, work: Callable[[Any], Coroutine[Any, Any, Any]]) -> None:
+        """Run ``work(js)`` on the publisher's loop without waiting (errors are logged)."""
+        if self._loop is None or self._js is None:
+            return
+
+        async def run() -> None:
+            try:
+                await work(self._js)
+            except Exception as exc:
+                log.warning("%s: %s", self.where(), exc or type(exc).__name__)
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            asyncio.run_coroutine_threadsafe(run(), self._loop)
 
     def where(self) -> str:
         """``NATS at URL`` (the password masked), for messages."""
