@@ -283,7 +283,8 @@ def run_soak(adapter: str, clips: tuple[Path, Path], tmp_path: Path, bots: int,
               f"server RSS {base_rss / MIB:.0f} MiB idle, "
               f"{warm_rss / MIB:.0f} after warm-up, {end_rss / MIB:.0f} at the end; descriptors "
               f"{base_fds} idle, {warm_fds} after warm-up, {end_fds} at the end; least free before "
-              f"the episode {least / MIB:.0f} MiB")
+              f"the episode {least / MIB:.0f} MiB; RSS over the run (MiB): "
+              + ", ".join(f"{r / MIB:.0f}" for _, r, _ in samples[::max(1, len(samples) // 10)]))
     print(report, file=sys.stderr)
     assert code == 0, text[-3000:]
     assert "Traceback" not in text, text[-3000:]
