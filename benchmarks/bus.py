@@ -54,8 +54,8 @@ def _bus_metrics(port: int) -> dict[str, float]:
 
 
 def run_one(k: int, url: str, nats_pid: int | None, seconds: float, rep: int,
-            tmp_root: str | None) -> dict[str, Any]:
-    extra = ("--nats", url, "--nats-max-bytes", "2g") if url else ()
+            tmp_root: str | None, more: tuple[str, ...] = ()) -> dict[str, Any]:
+    extra = ("--nats", url, "--nats-max-bytes", "2g", *more) if url else ()
     spec = BusServer(f"ours-asyncio{'-nats' if url else ''}", "ours", "asyncio", extra=extra)
     args = {"mode": "many", "bots": k, "chunk": 32 * KIB, "rate_bps": BITRATE_BPS,
             "duration": seconds, "ping_interval": 1.0, "seed": 1000 * k + rep,
@@ -111,7 +111,8 @@ def run_one(k: int, url: str, nats_pid: int | None, seconds: float, rep: int,
     return row
 
 
-def time_bus(k: int, seconds: float, reps: int, tmp_root: str | None) -> dict[str, Any]:
+def time_bus(k: int, seconds: float, reps: int, tmp_root: str | None,
+             more: tuple[str, ...] = (), only_bus: bool = False) -> dict[str, Any]:
     tests = str(ROOT / "tests")
     if tests not in sys.path:
         sys.path.insert(0, tests)
@@ -121,8 +122,9 @@ def time_bus(k: int, seconds: float, reps: int, tmp_root: str | None) -> dict[st
     with services.nats_server() as ns:
         pid = ns._proc.pid if ns._proc is not None else None
         for rep in range(reps):
-            for url in ("", ns.url):
-                row = run_one(k, url, pid, seconds, rep, tmp_root)
+            for url in (ns.url,) if only_bus else ("", ns.url):
+                row = run_one(k, url, pid, seconds, rep, tmp_root, more)
+                row["serve_args"] = list(more) if url else []
                 rows.append(row)
                 log(f"bus K={k} rep {rep + 1} {'--nats' if url else 'no bus'}: "
                     f"{row['achieved_mbps']:.1f}/{row['offered_mbps']:.1f} MB/s, pong p50 "
@@ -144,9 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=40.0, help="seconds of load")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--tmpdir", help="where the receivers record")
+    parser.add_argument("--serve-args", default="",
+                        help="more serve options for the runs with the bus")
+    parser.add_argument("--only-bus", action="store_true", help="only the runs with the bus")
     parser.add_argument("--out", help="write the JSON results here (default: stdout)")
     args = parser.parse_args(argv)
-    result = time_bus(args.k, args.duration, args.reps, args.tmpdir)
+    result = time_bus(args.k, args.duration, args.reps, args.tmpdir,
+                      tuple(args.serve_args.split()), args.only_bus)
     document = {"machine": machine(), "command": "python -m benchmarks.bus "
                 + " ".join(sys.argv[1:] if argv is None else argv), **result}
     text = json.dumps(document, indent=2)
