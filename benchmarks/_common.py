@@ -433,6 +433,17 @@ def available(spec: ServerSpec) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class ServeWith(ServerSpec):
+    """Ours (``serve``) with more options after the usual ones (``--live off``, ``--nats URL``)."""
+
+    extra: tuple[str, ...] = ()
+
+    def command(self, port: int, output: Path) -> tuple[list[str], dict[str, str]]:
+        argv, env = super().command(port, output)
+        return argv + list(self.extra), env
+
+
 class RunningServer:
     """A server subprocess with its own output directory, stopped and cleaned on exit."""
 

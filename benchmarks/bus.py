@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +27,13 @@ from ._common import (
     KIB,
     ROOT,
     RunningServer,
-    ServerSpec,
+    ServeWith,
     cpu_seconds,
     log,
     machine,
     percentile,
     run_loadgen,
 )
-
-
-@dataclass(frozen=True)
-class BusServer(ServerSpec):
-    extra: tuple[str, ...] = ()
-
-    def command(self, port: int, output: Path) -> tuple[list[str], dict[str, str]]:
-        argv, env = super().command(port, output)
-        return argv + list(self.extra), env
 
 
 def _bus_metrics(port: int) -> dict[str, float]:
@@ -56,7 +46,7 @@ def _bus_metrics(port: int) -> dict[str, float]:
 def run_one(k: int, url: str, nats_pid: int | None, seconds: float, rep: int,
             tmp_root: str | None, more: tuple[str, ...] = ()) -> dict[str, Any]:
     extra = ("--nats", url, "--nats-max-bytes", "2g", *more) if url else ()
-    spec = BusServer(f"ours-asyncio{'-nats' if url else ''}", "ours", "asyncio", extra=extra)
+    spec = ServeWith(f"ours-asyncio{'-nats' if url else ''}", "ours", "asyncio", extra=extra)
     args = {"mode": "many", "bots": k, "chunk": 32 * KIB, "rate_bps": BITRATE_BPS,
             "duration": seconds, "ping_interval": 1.0, "seed": 1000 * k + rep,
             "id_prefix": f"k{k}r{rep}{'n' if url else 'x'}b"}

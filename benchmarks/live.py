@@ -18,7 +18,6 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,23 +26,12 @@ from ._common import (
     KIB,
     ROOT,
     RunningServer,
-    ServerSpec,
+    ServeWith,
     cpu_seconds,
     log,
     machine,
     run_loadgen,
 )
-
-
-@dataclass(frozen=True)
-class LiveServer(ServerSpec):
-    """``serve --adapter asyncio`` with ``extra`` options (``--live off``)."""
-
-    extra: tuple[str, ...] = ()
-
-    def command(self, port: int, output: Path) -> tuple[list[str], dict[str, str]]:
-        argv, env = super().command(port, output)
-        return argv + list(self.extra), env
 
 
 async def _view(port: int, bot_ids: list[str], seconds: float) -> dict[str, Any]:
@@ -78,7 +66,7 @@ async def _view(port: int, bot_ids: list[str], seconds: float) -> dict[str, Any]
 def run_one(k: int, viewers: int, live: bool, seconds: float, rep: int,
             tmp_root: str | None) -> dict[str, Any]:
     name = f"ours-asyncio-live-{'off' if not live else viewers}"
-    spec = LiveServer(name, "ours", "asyncio", extra=() if live else ("--live", "off"))
+    spec = ServeWith(name, "ours", "asyncio", extra=() if live else ("--live", "off"))
     prefix = f"k{k}r{rep}v{viewers if live else 'x'}b"
     args = {"mode": "many", "bots": k, "chunk": 32 * KIB, "rate_bps": BITRATE_BPS,
             "duration": seconds, "ping_interval": 1.0, "seed": 1000 * k + rep,
