@@ -311,6 +311,19 @@ def machine() -> dict[str, Any]:
 # ---------------------------------------------------------------------------- servers
 
 
+def write_result(program: str, argv: list[str] | None, result: dict[str, Any],
+                 out: str | None) -> None:
+    """A benchmark's JSON document (the machine, the command line, ``result``) to ``out``, or
+    to stdout without it."""
+    document = {"machine": machine(), "command": f"python -m {program} "
+                + " ".join(sys.argv[1:] if argv is None else argv), **result}
+    text = json.dumps(document, indent=2)
+    if out:
+        Path(out).write_text(text)
+    else:
+        print(text)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

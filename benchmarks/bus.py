@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 from ._common import (
@@ -30,9 +28,9 @@ from ._common import (
     ServeWith,
     cpu_seconds,
     log,
-    machine,
     percentile,
     run_loadgen,
+    write_result,
 )
 
 
@@ -143,13 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = time_bus(args.k, args.duration, args.reps, args.tmpdir,
                       tuple(args.serve_args.split()), args.only_bus)
-    document = {"machine": machine(), "command": "python -m benchmarks.bus "
-                + " ".join(sys.argv[1:] if argv is None else argv), **result}
-    text = json.dumps(document, indent=2)
-    if args.out:
-        Path(args.out).write_text(text)
-    else:
-        print(text)
+    write_result("benchmarks.bus", argv, result, args.out)
     return 0
 
 

@@ -18,7 +18,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from ._common import (
@@ -29,8 +28,8 @@ from ._common import (
     ServeWith,
     cpu_seconds,
     log,
-    machine,
     run_loadgen,
+    write_result,
 )
 
 
@@ -139,13 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asyncio.run(_view(args.view, args.bots, args.duration))))
         return 0
     result = time_live(args.k, args.viewers, args.duration, args.reps, args.tmpdir)
-    document = {"machine": machine(), "command": "python -m benchmarks.live "
-                + " ".join(sys.argv[1:] if argv is None else argv), **result}
-    text = json.dumps(document, indent=2)
-    if args.out:
-        Path(args.out).write_text(text)
-    else:
-        print(text)
+    write_result("benchmarks.live", argv, result, args.out)
     return 0
 
 

@@ -40,9 +40,9 @@ from ._common import (
     ServerSpec,
     cpu_seconds,
     log,
-    machine,
     percentile,
     run_loadgen,
+    write_result,
 )
 
 MIB = 1024 * 1024
@@ -348,13 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         result = time_upload(tuple(int(k) for k in args.k.split(",")), args.duration,
                              args.reps, args.tmpdir, tuple(args.serve_args.split()),
                              local=not args.no_local, nice=args.nice)
-    document = {"machine": machine(), "command": "python -m benchmarks.upload "
-                + " ".join(sys.argv[1:] if argv is None else argv), **result}
-    text = json.dumps(document, indent=2)
-    if args.out:
-        Path(args.out).write_text(text)
-    else:
-        print(text)
+    write_result("benchmarks.upload", argv, result, args.out)
     return 0
 
 
