@@ -1,7 +1,8 @@
 """The live view's cost: K bots recording with and without viewers.
 
-``python -m benchmarks.live [--k 300] [--viewers 50] [--duration 40] [--reps 2] [--out FILE]``
-runs ``serve --adapter asyncio`` against the same load (K bots x 4 Mbit/s of real fMP4, 32 KiB
+``python -m benchmarks.live [--k 300] [--viewers 50] [--duration 40] [--reps 2] [--pin]
+[--out FILE]`` runs ``serve --adapter asyncio`` (``--pin``: alone on CPU 0, the load generator
+and the viewers on the other CPUs) against the same load (K bots x 4 Mbit/s of real fMP4, 32 KiB
 chunks, a ping a second: the harness of part 3, ``benchmarks/many.py``) three ways, alternated
 per rep: ``--live off``; the live view on (the default) with no viewer; and with V viewers on
 the WebSocket relay (``/live/{bot}/ws``, one bot each, reading everything as fast as they can,
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -62,8 +64,18 @@ async def _view(port: int, bot_ids: list[str], seconds: float) -> dict[str, Any]
     return totals
 
 
+#: ``--pin``: the receiver on this CPU, the load generator and the viewers on the others.
+SERVER_CPU = 0
+
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` on ``cpus`` (the threads it starts later inherit it)."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(task), cpus)
+
+
 def run_one(k: int, viewers: int, live: bool, seconds: float, rep: int,
-            tmp_root: str | None) -> dict[str, Any]:
+            tmp_root: str | None, pin: bool = False) -> dict[str, Any]:
     name = f"ours-asyncio-live-{'off' if not live else viewers}"
     spec = ServeWith(name, "ours", "asyncio", extra=() if live else ("--live", "off"))
     prefix = f"k{k}r{rep}v{viewers if live else 'x'}b"
@@ -71,6 +83,8 @@ def run_one(k: int, viewers: int, live: bool, seconds: float, rep: int,
             "duration": seconds, "ping_interval": 1.0, "seed": 1000 * k + rep,
             "id_prefix": prefix}
     with RunningServer(spec, tmp_root) as server:
+        if pin:
+            pin_process(server.pid, {SERVER_CPU})
         watching = None
         if viewers and live:  # connected before the bots: the relay waits for each stream
             ids = [f"{prefix}{i:05d}" for i in range(0, k, max(1, k // viewers))][:viewers]
@@ -104,11 +118,16 @@ def run_one(k: int, viewers: int, live: bool, seconds: float, rep: int,
 
 
 def time_live(k: int, viewers: int, seconds: float, reps: int,
-              tmp_root: str | None) -> dict[str, Any]:
+              tmp_root: str | None, pin: bool = False) -> dict[str, Any]:
+    if pin:  # this process and its children (the load generator, the viewers) off the
+        others = set(os.sched_getaffinity(0)) - {SERVER_CPU}  # receiver's CPU
+        if not others:
+            raise SystemExit("--pin needs at least two CPUs")
+        os.sched_setaffinity(0, others)
     rows: list[dict[str, Any]] = []
     for rep in range(reps):
         for live, v in ((False, 0), (True, 0), (True, viewers)):
-            row = run_one(k, v, live, seconds, rep, tmp_root)
+            row = run_one(k, v, live, seconds, rep, tmp_root, pin)
             rows.append(row)
             seen = row["seen"]
             log(f"live K={k} rep {rep + 1} {'off' if not live else f'on, {v} viewers'}: "
@@ -130,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=40.0, help="seconds of load")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--tmpdir", help="where the receivers record")
+    parser.add_argument("--pin", action="store_true",
+                        help="the receiver alone on CPU 0; the load generator and the viewers "
+                             "on the others (what the viewers cost the receiver, not the box)")
     parser.add_argument("--view", type=int, help=argparse.SUPPRESS)  # the viewers' process
     parser.add_argument("bots", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--out", help="write the JSON results here (default: stdout)")
@@ -137,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.view is not None:
         print(json.dumps(asyncio.run(_view(args.view, args.bots, args.duration))))
         return 0
-    result = time_live(args.k, args.viewers, args.duration, args.reps, args.tmpdir)
+    result = time_live(args.k, args.viewers, args.duration, args.reps, args.tmpdir, args.pin)
     write_result("benchmarks.live", argv, result, args.out)
     return 0
 
