@@ -177,6 +177,12 @@ class BusFeature(Feature):
         if context.metrics is not None:
             watch(context.metrics, publisher)
         context.sinks.append(sink)
+        if context.recovered:  # what a crash cut off the bus: published whole again
+            from meetstream_live.adapters.recording.bus.recovered import Republisher
+
+            republisher = Republisher(publisher, context.recovered)
+            sink.before_close.append(republisher.stop)
+            republisher.start()
         log.info("publishing every stream to %s", publisher.where())
         grace = settings.get("reconnect_grace") or 0.0
         if settings.nats_leases and grace > 0:

@@ -51,6 +51,9 @@ class ServeContext:
     #: Asked when a stream starts that has no session here (``Recorder(continue_from=)``):
     #: a session another receiver began, to continue.
     continue_from: Callable[[tuple[str, str]], Any] | None = None
+    #: What the recovery at this start finished (``FinishedRecording``: the parts a crash
+    #: interrupted), for the features that publish them (the bus); empty in workers but 1.
+    recovered: list[Any] = field(default_factory=list)
     #: Called at the end, in reverse order (stop threads, flush, close connections).
     closers: list[Callable[[], None]] = field(default_factory=list)
     #: 0 in a single process; 1..N in the workers of ``--workers`` (features that own

@@ -455,12 +455,17 @@ def serve(settings: Settings, environ: Mapping[str, str], *, worker: int = 0,
                     checks=context.readiness, worker=worker)
     try:
         if not worker:  # with --workers, the parent recovered before starting them
-            recover(output, metrics=metrics, journal=journal if names else None,
-                    index=settings.index)
-            if keeper is not None:
-                keeper.start()  # a run now, then every --retention-interval
-                if guard is not None:
-                    guard.on_low = keeper.wake
+            context.recovered = recover(output, metrics=metrics,
+                                        journal=journal if names else None,
+                                        index=settings.index)
+        elif worker == 1:  # worker 1 publishes what the parent recovered (the bus)
+            from .workers import RECOVERED
+
+            context.recovered = list(RECOVERED)
+        if not worker and keeper is not None:
+            keeper.start()  # a run now, then every --retention-interval
+            if guard is not None:
+                guard.on_low = keeper.wake
         # This process is ours: tune glibc's malloc for big blocks (before the features start
         # threads: their arenas are capped too), then deliver one chunk per read (see
         # tune_allocator; elsewhere the core's default keeps chunks small).

@@ -20,12 +20,17 @@ from pathlib import Path
 from meetstream_live.adapters.recording.hooks import Journal
 from meetstream_live.adapters.recording.metrics import Metrics
 from meetstream_live.adapters.recording.recovery import recover
+from meetstream_live.adapters.recording.sidecar import FinishedRecording
 
 from .options import Settings, UsageError
 
 __all__ = ["claim_port", "serve_workers"]
 
 log = logging.getLogger("meetstream_live.cli")
+
+#: What the parent's recovery finished, for worker 1 (inherited by the fork): its bus
+#: publishes the parts a crash cut off (``serve --nats``).
+RECOVERED: list[FinishedRecording] = []
 
 
 def claim_port(host: str, port: int) -> tuple[int, socket.socket | None]:
@@ -63,7 +68,8 @@ def serve_workers(settings: Settings, environ: Mapping[str, str], output: Path) 
     metrics.set_info(adapter=settings.adapter)
     names = hook_config(settings).names()
     journal = Journal(output, names)
-    recover(output, metrics=metrics, journal=journal if names else None, index=settings.index)
+    RECOVERED[:] = recover(output, metrics=metrics, journal=journal if names else None,
+                           index=settings.index)  # worker 1 inherits it (the bus republishes)
     keeper = retention(settings, output, metrics, journal)
     if keeper is not None:
         keeper.run_once()  # the thread starts after the fork (no thread is forked)

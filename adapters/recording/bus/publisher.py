@@ -381,6 +381,17 @@ class Publisher:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._spawn, lane_id, wake)
 
+    def new_lane(self) -> int:
+        """A lane id of no part of this process (for messages of parts it did not record:
+        an earlier run's outbox, its recovered parts)."""
+        with self._lock:
+            return next(self._replayed)
+
+    def memory_bytes(self) -> int:
+        """Bytes waiting in memory (not yet in the outbox or published)."""
+        with self._lock:
+            return self._memory_bytes
+
     def _spawn(self, lane_id: int, lane: _Lane) -> None:
         task = asyncio.get_running_loop().create_task(self._drain(lane_id, lane))
         self._tasks.add(task)
@@ -523,7 +534,7 @@ class Publisher:
                 continue
             lane = _Lane()
             lane.disk, lane.ended, lane.active = segment, True, True
-            lane_id = next(self._replayed)
+            lane_id = self.new_lane()
             with self._lock:
                 self._lanes[lane_id] = lane
                 self._pending_messages += segment.count

@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -107,6 +107,9 @@ class BusSink(Sink):
         self.drain_timeout = drain_timeout
         self._lock = threading.Lock()
         self._parts: dict[int, _PartState] = {}
+        #: Stopped at :meth:`close` before the publisher (``serve`` sets it: the parts a
+        #: crash interrupted, :mod:`.recovered`).
+        self.before_close: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ the Sink contract
 
@@ -129,6 +132,8 @@ class BusSink(Sink):
         self._forget(part)
 
     def close(self) -> None:
+        for stop in self.before_close:
+            stop()
         with self._lock:
             states = list(self._parts.values())
             self._parts.clear()
@@ -151,12 +156,9 @@ class BusSink(Sink):
         with self._lock:
             state = self._parts.get(part.id)
             if state is None:
-                key = StreamKey(part.bot_id or "", part.speaker or None)
-                session = part.session_started_ms or part.started_ms
-                base = {H_BOT: key.tokens.split(".")[0], H_SPEAKER: key.tokens.split(".")[1],
-                        H_SESSION: str(session), H_PART: str(part.number)}
-                state = self._parts[part.id] = _PartState(
-                    key, base, f"{key.tokens}.{session}.{part.number}")
+                state = self._parts[part.id] = part_state(
+                    part.bot_id or "", part.speaker, part.session_started_ms or part.started_ms,
+                    part.number)
             return state
 
     def _forget(self, part: Part) -> None:
@@ -177,25 +179,9 @@ class BusSink(Sink):
         data = os.pread(state.fd, stop - start, start)
         if len(data) != stop - start:
             raise OSError(f"{event.path}: {len(data)} of {stop - start} bytes at {start}")
-        state.end = stop
-        headers = {**state.base, H_OFFSET: str(start)}
-        if event.fragment is None:
-            kind = "init"
-            headers[H_SEQ] = "0"
-            headers[H_MSG_ID] = f"{state.msg_prefix}.i{start}"
-            also = state.key.subject("init")
-        else:
-            kind = "fragment"
-            state.seq += 1
-            headers[H_SEQ] = str(state.seq)
-            headers[H_MSG_ID] = f"{state.msg_prefix}.f{state.seq}"
-            headers[H_SECONDS] = f"{event.seconds:.6f}"
-            if event.keyframe is not None:
-                headers[H_KEYFRAME] = "1" if event.keyframe else "0"
-            also = None
-        headers[H_KIND] = kind
-        self.publisher.submit(part.id, [Outgoing(state.key.subject("media"), data, headers,
-                                                 kind, also)])
+        message = media_message(state, start, data, fragment=event.fragment is not None,
+                                seconds=event.seconds, keyframe=event.keyframe)
+        self.publisher.submit(part.id, [message])
 
     def _finalized(self, part: Part, event: PartFinalized) -> None:
         state = self._state(part)
@@ -219,11 +205,8 @@ class BusSink(Sink):
                 os.close(fd)
         verdict = {"verdict": doc.get("verdict"), "bytes": size, "fragments": state.seq,
                    "indexed": bool(doc.get("indexed")), "file": event.recording.path.name}
-        headers = {**state.base, H_KIND: "end", H_MSG_ID: f"{state.msg_prefix}.end",
-                   H_OFFSET: str(state.end), H_SIZE: str(size), H_FRAGMENTS: str(state.seq),
-                   H_VERDICT: str(doc.get("verdict"))}
         messages = [self._event_message(part, state, "verdict", verdict),
-                    Outgoing(state.key.subject("media"), tail, headers, "end")]
+                    end_message(state, tail, size, doc.get("verdict"))]
         self._forget(part)
         self.publisher.submit(part.id, messages, last=True)
 
@@ -258,10 +241,64 @@ class BusSink(Sink):
         with self._lock:
             state.events += 1
             number = state.events
-        body = {"type": kind, "bot_id": part.bot_id, "speaker": part.speaker,
-                "session": int(state.base[H_SESSION]), "part": part.number, **doc}
-        headers = {**state.base, H_KIND: "event", H_MSG_ID: f"{state.msg_prefix}.e{number}"}
-        return Outgoing(state.key.subject("events"), _json(body), headers, "event")
+        return event_message(state, f"e{number}", kind, part.bot_id, part.speaker, doc)
+
+
+# The messages of one part, as the sink builds them; the republisher of recovered parts
+# (:mod:`.recovered`) builds the same (the same IDs: JetStream stores each once).
+
+
+def part_state(bot_id: str, speaker: str | None, session_ms: int, number: int) -> _PartState:
+    """The headers and message-ID prefix of part ``number`` of the session that began at
+    ``session_ms``."""
+    key = StreamKey(bot_id, speaker or None)
+    bot, speaker_token = key.tokens.split(".")
+    base = {H_BOT: bot, H_SPEAKER: speaker_token, H_SESSION: str(session_ms),
+            H_PART: str(number)}
+    return _PartState(key, base, f"{key.tokens}.{session_ms}.{number}")
+
+
+def media_message(state: _PartState, start: int, data: bytes, *, fragment: bool,
+                  seconds: float = 0.0, keyframe: bool | None = None) -> Outgoing:
+    """The init segment (``fragment`` False) or the next fragment: ``data``, the file's bytes
+    from ``start`` (the end of the previous message) to the end of the box; advances
+    ``state``."""
+    state.end = start + len(data)
+    headers = {**state.base, H_OFFSET: str(start)}
+    also = None
+    if not fragment:
+        kind = "init"
+        headers[H_SEQ] = "0"
+        headers[H_MSG_ID] = f"{state.msg_prefix}.i{start}"
+        also = state.key.subject("init")
+    else:
+        kind = "fragment"
+        state.seq += 1
+        headers[H_SEQ] = str(state.seq)
+        headers[H_MSG_ID] = f"{state.msg_prefix}.f{state.seq}"
+        headers[H_SECONDS] = f"{seconds:.6f}"
+        if keyframe is not None:
+            headers[H_KEYFRAME] = "1" if keyframe else "0"
+    headers[H_KIND] = kind
+    return Outgoing(state.key.subject("media"), data, headers, kind, also)
+
+
+def end_message(state: _PartState, tail: bytes, size: int, verdict: object) -> Outgoing:
+    """The media subject's ``end`` of the part: the file's ``tail`` after its last fragment,
+    its ``size``."""
+    headers = {**state.base, H_KIND: "end", H_MSG_ID: f"{state.msg_prefix}.end",
+               H_OFFSET: str(state.end), H_SIZE: str(size), H_FRAGMENTS: str(state.seq),
+               H_VERDICT: str(verdict)}
+    return Outgoing(state.key.subject("media"), tail, headers, "end")
+
+
+def event_message(state: _PartState, ident: str, kind: str, bot_id: str | None,
+                  speaker: str | None, doc: dict[str, Any]) -> Outgoing:
+    """An event of the part; ``ident`` ends its message ID."""
+    body = {"type": kind, "bot_id": bot_id, "speaker": speaker,
+            "session": int(state.base[H_SESSION]), "part": int(state.base[H_PART]), **doc}
+    headers = {**state.base, H_KIND: "event", H_MSG_ID: f"{state.msg_prefix}.{ident}"}
+    return Outgoing(state.key.subject("events"), _json(body), headers, "event")
 
 
 def _json(doc: Any) -> bytes:
