@@ -193,7 +193,7 @@ class BusFeature(Feature):
         """A lease per stream in JetStream's key-value store: a reconnect that lands here
         continues the session another receiver of the fleet began."""
         from meetstream_live.adapters.recording.bus.lease import Leases, LeaseSink
-        from meetstream_live.adapters.recording.partfiles import Continued
+        from meetstream_live.adapters.recording.partfiles import NO_SESSION, Continued
 
         leases = Leases(publisher, grace=grace)
         sink = LeaseSink(leases)
@@ -203,10 +203,15 @@ class BusFeature(Feature):
             raise UsageError(f"--nats: the session leases ({exc})") from None
 
         def continue_from(key: tuple[str, str]) -> Continued | None:
-            lease = leases.lookup(*key)
-            if lease is None:
+            answered, lease = leases.read(*key)
+            if not answered:
                 return None
-            return Continued(lease.session_ms, lease.part + 1, lease.connections)
+            if lease is None:
+                return NO_SESSION
+            if lease.node == leases.node:
+                return None
+            return Continued(lease.session_ms, lease.part + 1, lease.connections,
+                             stale=leases.stale(lease))
 
         context.sinks.append(sink)
         context.continue_from = continue_from

@@ -34,7 +34,7 @@ from .sidecar import SIDECAR_VERSION, FileFacts, FinishedRecording, StreamFacts
 from .sinks import Part
 from .states import FILE, FileInput, FileState, advance
 
-__all__ = ["TEMPLATE_FIELDS", "Announced", "Continued", "PartFile", "PathTemplate",
+__all__ = ["NO_SESSION", "TEMPLATE_FIELDS", "Announced", "Continued", "PartFile", "PathTemplate",
            "ResumedSession", "SessionFiles", "part_directory"]
 
 log = logging.getLogger("meetstream_live.recorder")
@@ -223,6 +223,16 @@ class Continued:
     started_ms: int
     next_number: int
     connections: int
+    #: The lease is older than the grace (its node stopped): a new stream does not continue
+    #: it, but a session this receiver resumes after a crash numbers its parts after it.
+    stale: bool = False
+    #: The bus answered that no receiver has the stream's session (no lease: it ended
+    #: elsewhere, or is long forgotten): a session this receiver would resume is over.
+    over: bool = False
+
+
+#: :class:`Continued` saying that no receiver has the stream's session.
+NO_SESSION = Continued(0, 0, 0, over=True)
 
 
 class SessionFiles:

@@ -154,6 +154,13 @@ class Session:
         self.connections = continued.connections
         self.recorder.files.continue_remote(self.id, continued)
 
+    def moved_on(self, continued: Continued) -> None:
+        """The session adopted after a crash went on elsewhere meanwhile (another receiver
+        continued it, its lease says): number the next part after that receiver's."""
+        if continued.started_ms == self.started_ms and continued.next_number > self.next_number:
+            self.next_number = continued.next_number
+            self.connections = max(self.connections, continued.connections)
+
     def adopt(self, resumed: ResumedSession) -> None:
         """Continue a session a crash interrupted: its next part number, start, connections."""
         self.next_number = resumed.next_number
@@ -253,7 +260,9 @@ class Recorder:
     the recorder's start continues its session as the next part. ``continue_from``: asked
     (in the stream's thread, before any lock) when a stream starts that has no session
     here: a session another receiver of a fleet began, to continue as its next part (see
-    ``bus.lease``), or None. The recorder does no I/O itself: its
+    ``bus.lease``), or None (also asked for a ``resumable`` session: one that went on
+    elsewhere numbers its next part after that receiver's, one that is over there is not
+    resumed; see :class:`~.partfiles.Continued`). The recorder does no I/O itself: its
     :class:`~.filesink.FileSink` does, in threads of its own.
     """
 
@@ -324,8 +333,8 @@ class Recorder:
         remote = None
         if key is not None and self.continue_from is not None:
             with self._lock:
-                known = key in self._sessions or key in self._resumable
-            if not known:
+                known = key in self._sessions
+            if not known:  # (a session resumed after a crash asks too: it may have moved on)
                 remote = self.continue_from(key)  # may wait on the network: no lock held
         while True:
             with self._lock:
@@ -337,9 +346,16 @@ class Recorder:
                     if key is not None:
                         self._sessions[key] = session
                         resumed = self._resumed(key)
+                        if resumed is not None and remote is not None and remote.over:
+                            log.info("bot %s speaker %r: the session of %s is over (it ended "
+                                     "on another receiver): a new session", key[0], key[1],
+                                     resumed.manifest.name)
+                            resumed = None
                         if resumed is not None:
                             session.adopt(resumed)
-                        elif remote is not None:
+                            if remote is not None:
+                                session.moved_on(remote)
+                        elif remote is not None and not (remote.over or remote.stale):
                             continued, remote = remote, None
                             session.continue_remote(continued)
             with session.lock:

@@ -11,7 +11,10 @@ Then: every session is complete across the nodes (its parts 1..n, no gap, no dup
 file decodes); every byte of every connection that ended cleanly is in the recordings, and of
 the killed connections what the dead node had written to its disk; each part's bus copy
 (``consume --part N``) is byte for byte its file; no message, part, verdict or session twice.
-With ``--nats-leases false`` the same test fails (the moved bots get a new session)."""
+Last, the moved bots come back for a new meeting: the hash sends them to the restarted node,
+which starts new sessions for them (their old ones ended elsewhere: the bus has no lease),
+not a second part 2. With ``--nats-leases false`` the test fails (the moved bots get a new
+session at the kill)."""
 
 from __future__ import annotations
 
@@ -373,3 +376,32 @@ def test_a_killed_receiver_s_sessions_go_on_elsewhere_and_stay_whole(
         assert asyncio.run(leases_left(ns.url)) == []
         text = nodes[victim].logs[-1].read_text()
         assert re.search(r"publishing the \d+ part\(s\) recovered from a crash", text), text
+
+        # The moved bots come back (a new meeting, within the grace of the restart): the
+        # hash sends them to the restarted node, which has their recovered sessions, but the
+        # bus says those ended elsewhere (no lease): each is a new session there, not a
+        # second part 2 of the old one.
+        again = Bots(lb.ws_url, moved, stream)
+        again.release.set()
+
+        async def come_back() -> None:
+            await asyncio.gather(*(again.run(b) for b in moved))
+
+        asyncio.run(come_back())
+        for bot_id in moved:
+            assert [c.clean for c in again.connections[bot_id]] == [True]
+        wait_for("the new sessions finished", lambda: all(
+            sum(1 for n, m in by_node(nodes, b) if m.get("state") == "finished") == 2
+            for b in moved))
+        for bot_id in moved:
+            old_start = next(m["started_at"] for _, m in by_node(nodes, bot_id))
+            new = [(n, m) for n, m in by_node(nodes, bot_id) if m["started_at"] != old_start]
+            assert len(new) == 1, by_node(nodes, bot_id)
+            (n, manifest), = new
+            assert n == victim, (bot_id, n)  # consistent hashing: back on its node
+            assert [p["part"] for p in manifest["parts"]] == [1], manifest
+            assert (nodes[n].output / bot_id / manifest["parts"][0]["file"]).read_bytes() \
+                == whole
+            old_parts = [p["part"] for _, m in by_node(nodes, bot_id)
+                         if m["started_at"] == old_start for p in m["parts"]]
+            assert sorted(old_parts) == [1, 2], (bot_id, old_parts)  # the old story as it was

@@ -98,3 +98,65 @@ def test_what_is_not_resumable(fmp4_small: Media, tmp_path: Path) -> None:
     assert resumable_sessions(tmp_path, within=0) == {}  # no grace: nothing continues
     an_hour_on = time.time_ns() // 1_000_000 + HOUR_MS
     assert resumable_sessions(tmp_path, within=60, clock=lambda: an_hour_on) == {}
+
+
+def test_a_resumed_session_that_went_on_elsewhere_numbers_after_it(
+    fmp4_small: Media, tmp_path: Path
+) -> None:
+    """A fleet: the receiver died, its bot's reconnect went to another receiver, which
+    continued the session as part 2 (its lease says so); the bot now comes back to the
+    restarted receiver within the grace: it continues its recovered session as part 3, not
+    as a second part 2."""
+    from meetstream_live.adapters.recording.partfiles import Continued
+
+    crashed(tmp_path, fmp4_small.data * 3)
+    resumable = resumable_sessions(tmp_path, within=60)
+    started = resumable[("bot-1", "s1")].started_ms
+    asked = []
+
+    def lease(key: tuple[str, str]) -> Continued | None:
+        asked.append(key)
+        return Continued(started, 3, 2) if key == ("bot-1", "s1") else None
+
+    recorder = Recorder(tmp_path, reconnect_grace=60, resumable=resumable,
+                        continue_from=lease)
+    record(recorder(INFO), fmp4_small.data, bot_id="bot-1", speaker_id="s1")
+    recorder.close()
+    assert asked == [("bot-1", "s1")]
+    (manifest,) = manifests(tmp_path)
+    assert [p["part"] for p in manifest["parts"]] == [1, 3]
+    assert manifest["connections"] == 3
+    doc = json.loads((tmp_path / "bot-1" / "s1" / manifest["parts"][1]["sidecar"]).read_text())
+    assert doc["part"] == 3 and doc["started_by"] == "reconnect"
+
+
+def test_a_resumed_session_ignores_the_lease_of_another_session(
+    fmp4_small: Media, tmp_path: Path
+) -> None:
+    from meetstream_live.adapters.recording.partfiles import Continued
+
+    crashed(tmp_path, fmp4_small.data * 3)
+    resumable = resumable_sessions(tmp_path, within=60)
+    recorder = Recorder(tmp_path, reconnect_grace=60, resumable=resumable,
+                        continue_from=lambda key: Continued(1, 7, 4))  # an older session's
+    record(recorder(INFO), fmp4_small.data, bot_id="bot-1", speaker_id="s1")
+    recorder.close()
+    (manifest,) = manifests(tmp_path)
+    assert [p["part"] for p in manifest["parts"]] == [1, 2]
+
+
+def test_a_resumed_session_that_ended_elsewhere_is_not_resumed(
+    fmp4_small: Media, tmp_path: Path
+) -> None:
+    """The bus says no receiver has the session (its lease is gone: another receiver
+    continued it and ended it): the bot's new connection to the restarted receiver is a new
+    session, not a second part 2 of the old one."""
+    from meetstream_live.adapters.recording.partfiles import NO_SESSION
+
+    crashed(tmp_path, fmp4_small.data * 3)
+    resumable = resumable_sessions(tmp_path, within=60)
+    recorder = Recorder(tmp_path, reconnect_grace=60, resumable=resumable,
+                        continue_from=lambda key: NO_SESSION)
+    record(recorder(INFO), fmp4_small.data, bot_id="bot-1", speaker_id="s1")
+    recorder.close()
+    assert sorted(len(m["parts"]) for m in manifests(tmp_path)) == [1, 1]  # two sessions

@@ -5,12 +5,15 @@ Each receiver started with ``--nats`` writes, for every stream it records, the l
 ``meetstream.{bot}.{speaker}`` in the bucket :data:`BUCKET`: which node has it, the session's
 start (its files are named after it), its last part number and connections, and whether it is
 ``live`` or ``paused`` (the bot's connection dropped: the node waits ``--reconnect-grace``).
-When a bot's reconnect lands on another node (its node went down, the balancer rebalanced),
-that node finds the lease and continues the session as its next numbered part: the same
-session start, the next part number, on its own disk and the bus. The lease is written with a
-compare-and-set (the revision it read): a node never overwrites a lease another node took,
-and it deletes the lease at the session's end only if it is still its own. The bucket's TTL
-forgets leases of nodes that died.
+A live stream's lease is rewritten every third of the grace (at most every 20 s: a
+heartbeat), so a lease older than the grace is one whose node stopped (killed, cut off from
+NATS). When a bot's reconnect lands on another node (its node went down, the balancer
+rebalanced), that node finds the lease (written within the grace) and continues the session
+as its next numbered part: the same session start, the next part number, on its own disk and
+the bus. The lease is written with a compare-and-set (the revision it read): a node never
+overwrites a lease another node took (the heartbeat rewrites only the node's own lease of
+that very part), and it deletes the lease at the session's end only if it is still its own.
+The bucket's TTL (twice the grace, at least a minute) forgets leases of nodes that died.
 
 :class:`LeaseSink` keeps the leases (inline, writes in the publisher's loop, never waits);
 :class:`Leases.lookup` is what the recorder asks when a stream starts that it has no session
@@ -23,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -121,8 +125,20 @@ class Leases:
     def lookup(self, bot_id: str, speaker: str) -> Lease | None:
         """The lease of another node this stream may continue (within the grace), or None
         (none, ours, too old, or NATS did not answer within ``timeout``: logged)."""
-        if self._kv is None:
+        _, lease = self.read(bot_id, speaker)
+        if lease is None or lease.node == self.node or self.stale(lease):
             return None
+        return lease
+
+    def stale(self, lease: Lease) -> bool:
+        """Written more than the grace ago: its node stopped (a live lease has a heartbeat)."""
+        return self._now_ms() - lease.at_ms > self.grace * 1000
+
+    def read(self, bot_id: str, speaker: str) -> tuple[bool, Lease | None]:
+        """``(answered, lease)``: whether the bucket answered within ``timeout`` (False:
+        logged), and the stream's lease as it is there (None: there is none)."""
+        if self._kv is None:
+            return False, None
         kv, key = self._kv, _key(bot_id, speaker)
 
         async def get(js: Any) -> bytes | None:
@@ -139,18 +155,13 @@ class Leases:
             data = self.publisher.call(get, self.timeout)
         except (BusError, OSError) as exc:
             log.warning("session lease of bot %s: %s; starting a new session", bot_id, exc)
-            return None
+            return False, None
         if not data:
-            return None
+            return True, None
         try:
-            lease = Lease.decode(data)
+            return True, Lease.decode(data)
         except (ValueError, KeyError, TypeError):
-            return None
-        if lease.node == self.node:
-            return None
-        if self._now_ms() - lease.at_ms > self.grace * 1000:
-            return None
-        return lease
+            return True, None
 
     def write(self, bot_id: str, speaker: str, make: Callable[[Lease | None], Lease | None],
               *, delete: bool = False) -> None:
@@ -184,7 +195,10 @@ class Leases:
 
 
 class LeaseSink(Sink):
-    """Writes this node's lease of every stream it records (see the module)."""
+    """Writes this node's lease of every stream it records (see the module), and rewrites
+    the lease of each stream still live every ``refresh`` seconds (a heartbeat: default a
+    third of the grace, at most 20 s), so that a lease older than the grace is one whose node
+    stopped (killed, cut off from NATS): its stream may be continued elsewhere."""
 
     name: ClassVar[str] = "lease"
     accepts: ClassVar[tuple[type[SinkEvent], ...]] = (
@@ -192,32 +206,71 @@ class LeaseSink(Sink):
     when_full: ClassVar[Literal["block", "drop"]] = "drop"
     runs: ClassVar[Literal["thread", "inline"]] = "inline"
 
-    def __init__(self, leases: Leases) -> None:
+    def __init__(self, leases: Leases, *, refresh: float | None = None) -> None:
         self.leases = leases
+        self.refresh = refresh if refresh is not None else max(
+            0.2, min(leases.grace / 3, 20.0))
+        self._lock = threading.Lock()
+        self._live: dict[tuple[str, str], Part] = {}  # the streams live here, their parts
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
 
     def start(self, sinks: SinkSet) -> None:
         self.leases.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(5.0)
 
     def handle(self, part: Part, events: Sequence[SinkEvent]) -> None:
         if part.bot_id is None:
             return
         speaker = part.speaker or ""
+        key = (part.bot_id, speaker)
         for event in events:
             if isinstance(event, PartClosed):
+                self._not_live(key, part)
                 if event.summary.get("session_over"):
                     self.leases.write(part.bot_id, speaker, lambda _: None, delete=True)
             elif isinstance(event, StreamPaused):
+                self._not_live(key, part)  # the grace counts from the pause: no heartbeat
                 self._put(part, speaker, "paused", 0)
             else:  # a part opened (by a reconnect: one connection more), or a part resumed
                 more = 1 if isinstance(event, StreamResumed) or part.why == "reconnect" else 0
                 self._put(part, speaker, "live", more)
+                with self._lock:
+                    self._live[key] = part
+                    if self._beat is None and not self._stop.is_set():
+                        self._beat = threading.Thread(target=self._heartbeat,
+                                                      name="bus-leases", daemon=True)
+                        self._beat.start()
 
-    def _put(self, part: Part, speaker: str, state: str, more: int) -> None:
+    def _not_live(self, key: tuple[str, str], part: Part) -> None:
+        with self._lock:
+            if self._live.get(key) is part:
+                del self._live[key]
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.refresh):
+            with self._lock:
+                live = list(self._live.items())
+            for (_, speaker), part in live:
+                self._put(part, speaker, "live", 0, refresh=True)
+
+    def _put(self, part: Part, speaker: str, state: str, more: int, *,
+             refresh: bool = False) -> None:
         leases = self.leases
         session = part.session_started_ms or part.started_ms
 
         def make(current: Lease | None) -> Lease | None:
             now = leases._now_ms()
+            if refresh:  # only this node's lease of this very part: never one taken over
+                if current is None or (current.node, current.session_ms, current.part) != (
+                        leases.node, session, part.number):
+                    return None
+                return Lease(leases.node, session, part.number, current.connections, state,
+                             now)
             connections = 1
             if current is not None and current.session_ms == session:
                 connections = current.connections + more
