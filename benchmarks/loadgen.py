@@ -14,6 +14,8 @@
   phase) put in front of the frames still queued, all multiplexed on one ``selectors`` loop
   with non-blocking sockets. A bot the receiver does not keep up with falls behind: achieved
   throughput is what left the sockets during the window.
+* ``path`` (both modes, default ``/``): the upgrade request's path, ``{bot_id}`` replaced by
+  each bot's id (``/v1/streams/{bot_id}``: what a load balancer hashing the path routes on).
 
 Round trips are measured with ``time.perf_counter`` from the moment a ping's first byte is
 written to the moment its pong is parsed, matched by ``seq``.
@@ -107,11 +109,13 @@ class FrameReader:
             del buf[: pos + n]
 
 
-def handshake(host: str, port: int, timeout: float = 30.0) -> tuple[socket.socket, bytes]:
-    """Connect and upgrade; the socket and any bytes read past the response head."""
+def handshake(host: str, port: int, timeout: float = 30.0,
+              path: str = "/") -> tuple[socket.socket, bytes]:
+    """Connect and upgrade (``GET path``); the socket and any bytes read past the response
+    head."""
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    request, accept = upgrade_request(host, port)
+    request, accept = upgrade_request(host, port, path)
     sock.sendall(request)
     head = b""
     while b"\r\n\r\n" not in head:
@@ -130,6 +134,12 @@ def summary(rtts: list[float]) -> dict[str, float]:
         "p50": percentile(rtts, 50), "p99": percentile(rtts, 99),
         "max": max(rtts) if rtts else float("nan"),
     }
+
+
+def bot_path(a: dict[str, Any], bot_id: str) -> str:
+    """The upgrade request's path: ``a["path"]`` (default ``/``) with ``{bot_id}`` replaced,
+    e.g. ``/v1/streams/{bot_id}`` for a load balancer that hashes the path."""
+    return str(a.get("path", "/")).replace("{bot_id}", bot_id)
 
 
 def cpu_self() -> float:
@@ -151,7 +161,7 @@ def run_flat(a: dict[str, Any], media: Media) -> dict[str, Any]:
     end = text_frame({"type": "video_stream_end", "bot_id": bot_id, "duration_seconds": 1.0}, rng)
     close = close_frame(rng)
 
-    sock, rest = handshake(a["host"], int(a["port"]))
+    sock, rest = handshake(a["host"], int(a["port"]), path=bot_path(a, bot_id))
     sock.settimeout(None)
     pings: dict[int, float] = {}
     rtts: list[float] = []
@@ -283,7 +293,7 @@ def run_many(a: dict[str, Any], media: Media) -> dict[str, Any]:
     for i in range(nbots):
         bot_id = f"{prefix}{i:05d}"
         try:
-            sock, rest = handshake(a["host"], int(a["port"]))
+            sock, rest = handshake(a["host"], int(a["port"]), path=bot_path(a, bot_id))
             sock.sendall(text_frame(start_message(bot_id), rng))
         except OSError:
             connect_failures += 1
