@@ -63,6 +63,18 @@ def iso(ms: int | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def iso_ms(text: object) -> int | None:
+    """Unix ms of one of our ISO 8601 stamps (:func:`iso`); ``None`` if it is not one."""
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    # round, not int: a stamp of whole ms can come back as ...999.9999 from the float
+    return None if moment.tzinfo is None else round(moment.timestamp() * 1000)
+
+
 def inside(root: Path, directory: Path) -> Path:
     """``directory`` resolved, after checking it is ``root`` or below it."""
     resolved = directory.resolve()

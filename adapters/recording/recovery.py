@@ -18,7 +18,6 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +27,7 @@ from .durable import REAL_DISK, Disk, fsync_dir, rename_noreplace, replace_json
 from .meter import TRUNCATED, MediaMeter, fragment_entry, track_ends, worst
 from .metrics import Metrics
 from .mp4index import finish_index
-from .names import iso
+from .names import iso, iso_ms
 from .partfiles import ResumedSession
 from .sidecar import SIDECAR_VERSION, FinishedRecording, skeleton
 
@@ -304,17 +303,6 @@ def _recover_one(
     return recording
 
 
-def _ms(text: object) -> int | None:
-    """Unix ms of one of our ISO 8601 stamps (:func:`~.names.iso`); ``None`` if it is not."""
-    if not isinstance(text, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return None if moment.tzinfo is None else int(moment.timestamp() * 1000)
-
-
 def resumable_sessions(
     output_dir: str | os.PathLike[str], *, within: float, clock: Callable[[], int] = _wall_ms,
 ) -> dict[tuple[str, str], ResumedSession]:
@@ -337,8 +325,8 @@ def resumable_sessions(
         document = load_json(path)
         if document is None or document.get("state") != "recovered":
             continue
-        recovered = _ms(document.get("recovered_at"))
-        started = _ms(document.get("started_at"))
+        recovered = iso_ms(document.get("recovered_at"))
+        started = iso_ms(document.get("started_at"))
         bot_id, speaker = document.get("bot_id"), document.get("speaker")
         parts = document.get("parts")
         if (recovered is None or recovered < oldest or started is None

@@ -34,7 +34,7 @@ from typing import Any
 from cli.test_bus import consume
 from cli.test_serve import LISTENING
 from media import Media, decodable_frames, fragment_spans
-from services import HAProxy, haproxy, nats_server, require_module
+from services import HAProxy, haproxy, nats_server, require_module, stream_messages
 
 from meetstream_live.adapters.asyncio import AsyncioBot
 from meetstream_live.adapters.recording.bus import EVENTS_STREAM
@@ -203,23 +203,6 @@ def wait_for(what: str, check: Any, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
-async def bus_messages(url: str) -> list[tuple[str, dict[str, str], bytes]]:
-    """Every message of the events-and-media stream: (subject, headers, payload)."""
-    import nats
-
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        info = await js.stream_info(EVENTS_STREAM)
-        out = []
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            raw = await js.get_msg(EVENTS_STREAM, seq)
-            out.append((raw.subject or "", dict(raw.headers or {}), raw.data or b""))
-        return out
-    finally:
-        await nc.close()
-
-
 async def leases_left(url: str) -> list[str]:
     import nats
     from nats.js.errors import NoKeysError
@@ -362,7 +345,7 @@ def test_a_killed_receiver_s_sessions_go_on_elsewhere_and_stay_whole(
 
         # Nothing twice on the bus: every message once (JetStream's duplicate window took
         # what the restart republished), one session per bot, one verdict per part.
-        messages = asyncio.run(bus_messages(ns.url))
+        messages = asyncio.run(stream_messages(ns.url, EVENTS_STREAM))
         ids = [h["Nats-Msg-Id"] for _, h, _ in messages]
         assert len(ids) == len(set(ids)), [i for i in ids if ids.count(i) > 1][:5]
         for bot_id, found in parts.items():

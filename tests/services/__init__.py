@@ -12,7 +12,7 @@ A component that is not installed skips the test with the reason, or fails it wh
 
 from ._browser import CHROMIUM_ARGS, artifacts_dir, async_browser, browser, chromium_executable
 from ._haproxy import BackendServer, HAProxy, backend_server, haproxy, render_config
-from ._nats import NatsServer, nats_server
+from ._nats import NatsServer, nats_server, stream_messages
 from ._proc import ServiceError, free_port, free_ports, in_ci, require_module, unavailable
 from ._s3 import S3Server, s3_server
 
@@ -36,5 +36,6 @@ __all__ = [
     "render_config",
     "require_module",
     "s3_server",
+    "stream_messages",
     "unavailable",
 ]

@@ -28,7 +28,8 @@ from ._proc import (
     unavailable,
 )
 
-__all__ = ["NatsServer", "nats_server", "nats_server_executable", "nats_server_version"]
+__all__ = ["NatsServer", "nats_server", "nats_server_executable", "nats_server_version",
+           "stream_messages"]
 
 
 def nats_server_executable() -> str | None:
@@ -157,6 +158,23 @@ class NatsServer:
 
     def log_tail(self, lines: int = 40) -> str:
         return self._proc.log_tail(lines) if self._proc else ""
+
+
+async def stream_messages(url: str, stream: str) -> list[tuple[str, dict[str, str], bytes]]:
+    """Every message stored in JetStream ``stream``, in order: (subject, headers, payload)."""
+    import nats  # the tests that call this have required it
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(stream)
+        out = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            raw = await js.get_msg(stream, seq)
+            out.append((raw.subject or "", dict(raw.headers or {}), raw.data or b""))
+        return out
+    finally:
+        await nc.close()
 
 
 @contextmanager

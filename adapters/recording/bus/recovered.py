@@ -22,12 +22,12 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from meetstream_live import Fmp4Scanner, FragmentComplete, InitSegment
 from meetstream_live.adapters.recording.meter import fragment_seconds
+from meetstream_live.adapters.recording.names import iso_ms
 from meetstream_live.adapters.recording.sidecar import FinishedRecording
 
 from .message import Outgoing
@@ -53,16 +53,6 @@ class RecoveredPart:
     sidecar: dict[str, Any]
 
 
-def _ms(text: object) -> int | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return None if moment.tzinfo is None else round(moment.timestamp() * 1000)
-
-
 def recovered_part(recording: FinishedRecording) -> RecoveredPart | None:
     """The part of ``recording`` as the bus named it, or None (no bot, no session start)."""
     doc = recording.sidecar
@@ -74,7 +64,7 @@ def recovered_part(recording: FinishedRecording) -> RecoveredPart | None:
     manifest = doc.get("session")
     if isinstance(manifest, str):
         try:
-            session_ms = _ms(json.loads((recording.path.parent / manifest).read_bytes())
+            session_ms = iso_ms(json.loads((recording.path.parent / manifest).read_bytes())
                              .get("started_at"))
         except (OSError, ValueError, AttributeError):
             session_ms = None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from media import Media
-from services import NatsServer, nats_server, require_module
+from services import NatsServer, nats_server, require_module, stream_messages
 
 from meetstream_live.adapters.recording import Recorder, recover
 from meetstream_live.adapters.recording.bus import EVENTS_STREAM, BusConfig, BusSink, Publisher
@@ -20,7 +20,7 @@ from meetstream_live.adapters.recording.bus.recovered import Republisher, recove
 from meetstream_live.adapters.recording.bus.subjects import H_MSG_ID
 from recording.test_recorder import INFO, chunks, crash, fragments, start
 
-from .test_bus import LIMITS, connect, events, rebuilt
+from .test_bus import LIMITS, events, rebuilt
 
 
 @pytest.fixture(scope="module")
@@ -46,21 +46,9 @@ def crashed(root: Path, data: bytes, bot_id: str, publisher: Publisher | None) -
 
 
 def bus_ids(url: str, bot_id: str) -> list[str]:
-    async def run() -> list[str]:
-        nc = await connect(url)
-        try:
-            js = nc.jetstream()
-            info = await js.stream_info(EVENTS_STREAM)
-            ids = []
-            for seq in range(info.state.first_seq, info.state.last_seq + 1):
-                raw = await js.get_msg(EVENTS_STREAM, seq)
-                if (raw.subject or "").startswith(f"meetstream.{bot_id}."):
-                    ids.append((raw.headers or {})[H_MSG_ID])
-            return ids
-        finally:
-            await nc.close()
-
-    return asyncio.run(run())
+    return [headers[H_MSG_ID] for subject, headers, _ in
+            asyncio.run(stream_messages(url, EVENTS_STREAM))
+            if subject.startswith(f"meetstream.{bot_id}.")]
 
 
 def test_recovered_parts_are_republished_whole_and_once(
